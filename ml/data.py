@@ -1,0 +1,261 @@
+"""CIFAR-10 (official python layout) or any labelled image folder, as uint8 tensors.
+
+Images are decoded once into a cache file (rebuilt when the source changes); augmentation
+runs on whole batches on the training device instead of per image in a DataLoader.
+"""
+
+import hashlib
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ml import CIFAR10_CLASSES
+from ml.images import IMAGE_SUFFIXES, decode_image
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean/std of CIFAR-10 training images, 0..1
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+DEFAULT_VAL_SIZE = 5000
+DEFAULT_SPLIT_SEED = 0
+CIFAR_PY_DIR = "cifar-10-batches-py"
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, 3, 32, 32) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self):
+        return len(self.labels)
+
+    def subset(self, indices):
+        return Split(self.images[indices], self.labels[indices])
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    classes: list
+    val_name: str  # "validation" (held out from training images) or "test" (a real test split)
+    source: str
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source, "eval_split": self.val_name,
+            "train_images": len(self.train), "eval_images": len(self.val),
+            "train_per_class": class_counts(self.train.labels, self.classes),
+            "eval_per_class": class_counts(self.val.labels, self.classes),
+        }
+
+
+def class_counts(labels: torch.Tensor, classes) -> dict:
+    counts = torch.bincount(labels, minlength=len(classes)).tolist()
+    return dict(zip(classes, counts))
+
+
+def stratified_split(labels: torch.Tensor, val_size: int, seed: int = DEFAULT_SPLIT_SEED):
+    """Deterministic stratified hold-out: the same labels and seed always give the same indices.
+
+    Each class contributes in proportion to its share; returns (train_indices, val_indices), sorted.
+    """
+    labels = torch.as_tensor(labels)
+    n = len(labels)
+    if not 0 < val_size < n:
+        raise ValueError(f"validation size must be between 1 and {n - 1}, got {val_size}")
+    generator = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels)
+    per_class = [(labels == c).nonzero().flatten() for c in classes]
+    # largest-remainder apportionment so the class quotas add up to val_size exactly
+    exact = [len(idx) * val_size / n for idx in per_class]
+    quota = [int(q) for q in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: (quota[i] - exact[i], i))
+    for i in by_remainder[:val_size - sum(quota)]:
+        quota[i] += 1
+    val = []
+    for idx, q in zip(per_class, quota):
+        val.append(idx[torch.randperm(len(idx), generator=generator)[:q]])
+    val = torch.cat(val).sort().values
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[val] = False
+    return mask.nonzero().flatten(), val
+
+
+# ---- reading sources ----
+
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR's batches are pickles: allow only the numpy array reconstruction they need."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
+
+
+def _read_cifar_batch(path: Path):
+    with open(path, "rb") as f:
+        batch = _CifarUnpickler(f, encoding="bytes").load()
+    images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return torch.from_numpy(images.copy()), torch.tensor(batch[b"labels"], dtype=torch.int64)
+
+
+def _cifar_py_root(root: Path):
+    for candidate in (root, root / CIFAR_PY_DIR):
+        if (candidate / "data_batch_1").is_file():
+            return candidate
+    return None
+
+
+def _read_cifar_py(folder: Path):
+    parts = [_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    train = Split(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    test = Split(*_read_cifar_batch(folder / "test_batch")) if (folder / "test_batch").is_file() else None
+    return train, test, list(CIFAR10_CLASSES)
+
+
+def _list_image_folder(root: Path):
+    """[(class, [files])] for <root>/<class>/*.jpg, classes sorted by name."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    listing = []
+    for name in classes:
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if files:
+            listing.append((name, files))
+    return listing
+
+
+def _fingerprint(listing) -> str:
+    digest = hashlib.sha256()
+    for name, files in listing:
+        for path in files:
+            stat = path.stat()
+            digest.update(f"{name}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _decode_folder(listing, classes) -> Split:
+    index = {name: i for i, name in enumerate(classes)}
+    images, labels = [], []
+    for name, files in listing:
+        for path in files:
+            images.append(decode_image(path))
+            labels.append(index[name])
+    array = np.stack(images).transpose(0, 3, 1, 2).copy()
+    return Split(torch.from_numpy(array), torch.tensor(labels, dtype=torch.int64))
+
+
+def _read_image_folder(root: Path, classes, cache_dir: Path) -> Split:
+    listing = _list_image_folder(root)
+    if not listing:
+        raise FileNotFoundError(f"no images in class folders under {root}")
+    cache = cache_dir / f"{root.name}-{_fingerprint(listing)}.safetensors"
+    if cache.is_file():
+        tensors = load_file(cache)
+        return Split(tensors["images"], tensors["labels"])
+    split = _decode_folder(listing, classes)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    save_file({"images": split.images, "labels": split.labels}, str(tmp))
+    os.replace(tmp, cache)
+    return split
+
+
+def _folder_classes(*roots):
+    names = set()
+    for root in roots:
+        if root is not None:
+            names.update(name for name, _ in _list_image_folder(root))
+    return sorted(names)
+
+
+def load_dataset(root, val_size: int = DEFAULT_VAL_SIZE, split_seed: int = DEFAULT_SPLIT_SEED,
+                 limit: int = None, download: bool = False, cache_dir=None) -> Dataset:
+    """Load training and evaluation images from `root`.
+
+    `root` holds cifar-10-batches-py/ (or its files), or an image folder tree with class
+    folders, optionally under train/ and test/. With a test split, evaluation uses it;
+    otherwise a stratified validation split of `val_size` images is held out from training.
+    `limit` keeps at most that many training images (stratified too) for smoke runs.
+    """
+    root = Path(root)
+    cache_dir = Path(cache_dir) if cache_dir else root / ".cache"
+    cifar = _cifar_py_root(root)
+    if cifar is None and download:
+        import torchvision  # only when asked: fetches the official archive when online
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        cifar = _cifar_py_root(root)
+    if cifar is not None:
+        train, test, classes = _read_cifar_py(cifar)
+        source = f"cifar-10-python:{cifar}"
+    else:
+        if not root.is_dir():
+            raise FileNotFoundError(f"no dataset at {root}")
+        train_root = root / "train" if (root / "train").is_dir() else root
+        test_root = root / "test" if (root / "test").is_dir() else None
+        classes = _folder_classes(train_root, test_root)
+        train = _read_image_folder(train_root, classes, cache_dir)
+        test = _read_image_folder(test_root, classes, cache_dir) if test_root else None
+        source = f"image-folder:{root}"
+    if test is not None:
+        dataset = Dataset(train, test, classes, "test", source)
+    else:
+        train_idx, val_idx = stratified_split(train.labels, val_size, split_seed)
+        dataset = Dataset(train.subset(train_idx), train.subset(val_idx), classes, "validation", source)
+    if limit and limit < len(dataset.train):
+        _, keep = stratified_split(dataset.train.labels, limit, split_seed + 1)
+        dataset.train = dataset.train.subset(keep)
+    return dataset
+
+
+# ---- on-device batch pipeline ----
+
+def normalize(images: torch.Tensor, mean=CIFAR_MEAN, std=CIFAR_STD) -> torch.Tensor:
+    """uint8 (N,3,H,W) -> float normalized, channels_last for faster convolutions on CPU and GPU."""
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1) * 255
+    x = (images.float() - mean) / std
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, flip: bool = True,
+            translate: int = 2) -> torch.Tensor:
+    """Random horizontal flip and random translation by up to `translate` pixels (reflect
+    padding, then a random crop), applied to a whole float batch at once."""
+    n, _, h, w = images.shape
+    if flip:
+        mask = torch.rand(n, generator=generator, device=generator.device) < 0.5
+        images = torch.where(mask.view(-1, 1, 1, 1), images.flip(3), images)
+    if translate:
+        padded = torch.nn.functional.pad(images, (translate,) * 4, mode="reflect")
+        shifts = torch.randint(0, 2 * translate + 1, (2, n), generator=generator,
+                               device=generator.device)
+        # Gather each image's crop with one advanced-index op instead of a Python loop.
+        rows = (shifts[0].view(n, 1) + torch.arange(h, device=images.device)).view(n, 1, h, 1)
+        cols = (shifts[1].view(n, 1) + torch.arange(w, device=images.device)).view(n, 1, 1, w)
+        batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
+        chans = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
+        images = padded[batch, chans, rows, cols]
+    return images.contiguous(memory_format=torch.channels_last)
+
+
+def iterate_batches(split: Split, batch_size: int, generator: torch.Generator = None,
+                    shard: tuple = (0, 1), drop_last: bool = False):
+    """Yield (uint8 images, labels) batches; shuffled when a generator is given.
+
+    `shard=(rank, world)` gives each distributed process its own slice of every global batch.
+    """
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    rank, world = shard
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size][rank::world]
+        yield split.images[idx], split.labels[idx]

@@ -1,0 +1,137 @@
+"""Evaluation report: accuracy, per-class accuracy, confusion matrix, loss, calibration.
+
+    python -m ml.evaluate --model models/default --data data [--tta 1] [--out report.json]
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from ml.data import Split, iterate_batches, load_dataset, normalize
+
+CALIBRATION_BINS = 15
+
+
+def tta_logits(model, x: torch.Tensor, level: int) -> torch.Tensor:
+    """Test-time augmentation. 0: none; 1: average with the mirror image; 2: also average
+    one-pixel translations up-left and down-right (airbench's flip-and-translate)."""
+    def flip_avg(batch):
+        if level == 0:
+            return model(batch)
+        return 0.5 * (model(batch) + model(batch.flip(3)))
+
+    logits = flip_avg(x)
+    if level >= 2:
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        h, w = x.shape[2:]
+        up_left = padded[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
+        down_right = padded[:, :, 2:, 2:].contiguous(memory_format=torch.channels_last)
+        logits = 0.5 * logits + 0.25 * (flip_avg(up_left) + flip_avg(down_right))
+    return logits
+
+
+@torch.no_grad()
+def predict_logits(model, split: Split, device, batch_size=500, tta=0, amp_dtype=None, norm=None):
+    """Logits (float32, on CPU) for every image of `split`, in order."""
+    model.eval()
+    out = []
+    for images, _ in iterate_batches(split, batch_size):
+        x = normalize(images.to(device), *(norm or ()))
+        with torch.autocast(device.type if hasattr(device, "type") else str(device),
+                            dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            out.append(tta_logits(model, x, tta).float().cpu())
+    return torch.cat(out)
+
+
+def calibration(confidence: torch.Tensor, correct: torch.Tensor, bins=CALIBRATION_BINS):
+    """Expected calibration error and the reliability-diagram bins (equal-width on confidence)."""
+    edges = torch.linspace(0, 1, bins + 1)
+    table, ece = [], 0.0
+    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        count = int(in_bin.sum())
+        if count:
+            acc = correct[in_bin].float().mean().item()
+            conf = confidence[in_bin].mean().item()
+            ece += count / len(confidence) * abs(acc - conf)
+        else:
+            acc = conf = None
+        table.append({"low": lo, "high": hi, "count": count, "accuracy": acc, "confidence": conf})
+    return ece, table
+
+
+def report_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes, split_name: str,
+                       tta: int = 0, misclassified_limit: int = 48) -> dict:
+    """The JSON evaluation report for given logits and true labels."""
+    k = len(classes)
+    probs = logits.softmax(1)
+    confidence, predicted = probs.max(1)
+    correct = predicted == labels
+    confusion = torch.zeros(k, k, dtype=torch.int64)
+    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    per_class_total = confusion.sum(1)
+    per_class = {c: (confusion[i, i].item() / per_class_total[i].item() if per_class_total[i] else None)
+                 for i, c in enumerate(classes)}
+    ece, bins = calibration(confidence, correct)
+    # The most confident mistakes first: the ones a user is most likely to be misled by.
+    wrong = (~correct).nonzero().flatten()
+    wrong = wrong[confidence[wrong].argsort(descending=True)][:misclassified_limit]
+    return {
+        "split": split_name,
+        "images": len(labels),
+        "tta": tta,
+        "accuracy": correct.float().mean().item(),
+        "loss": F.cross_entropy(logits, labels).item(),
+        "per_class_accuracy": per_class,
+        "classes": list(classes),
+        "confusion_matrix": confusion.tolist(),
+        "ece": ece,
+        "calibration_bins": bins,
+        "misclassified": [{"index": int(i), "true": classes[labels[i]], "predicted": classes[predicted[i]],
+                           "confidence": confidence[i].item()} for i in wrong],
+    }
+
+
+def evaluate_model(model, split: Split, classes, split_name, device="cpu", tta=0, amp_dtype=None,
+                   norm=None) -> dict:
+    device = torch.device(device)
+    logits = predict_logits(model, split, device, tta=tta, amp_dtype=amp_dtype, norm=norm)
+    return report_from_logits(logits, split.labels, classes, split_name, tta)
+
+
+def main(argv=None):
+    from ml.modelfile import load_model_dir
+    from ml.train import pick_device
+
+    parser = argparse.ArgumentParser(description="Evaluate a model folder on a dataset's "
+                                     "validation (or test) split; prints a JSON report.")
+    parser.add_argument("--model", required=True, help="model folder (weights + card.json)")
+    parser.add_argument("--data", required=True, help="dataset root (CIFAR python layout or image folders)")
+    parser.add_argument("--tta", type=int, default=None, choices=[0, 1, 2],
+                        help="test-time augmentation level (default: the card's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--out", default=None, help="also write the report to this file")
+    args = parser.parse_args(argv)
+
+    device = pick_device(args.device)
+    model, card = load_model_dir(args.model, device)
+    split_info = card.get("data", {})
+    dataset = load_dataset(args.data, val_size=split_info.get("val_size", 5000),
+                           split_seed=split_info.get("split_seed", 0))
+    if dataset.classes != card["classes"]:
+        sys.exit(f"the dataset's classes {dataset.classes} differ from the model's {card['classes']}")
+    tta = card.get("tta", 0) if args.tta is None else args.tta
+    norm = (card["normalization"]["mean"], card["normalization"]["std"])
+    report = evaluate_model(model, dataset.val, dataset.classes, dataset.val_name, device, tta, norm=norm)
+    text = json.dumps(report, indent=1)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Model folders: `model.safetensors` (weights) + `card.json` (everything needed to use them).
+
+Writes are atomic (temporary file or folder, then rename). Loading never unpickles: weights are
+safetensors, checked against the sha256 recorded in the card, so a truncated or tampered file is
+refused with an error naming it.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ml.models import build_model
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "card.json"
+CARD_FORMAT = 1
+
+
+class ModelFileError(Exception):
+    """A model folder that cannot be loaded; the message names the file and the reason."""
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path, data):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_model_dir(path, model: torch.nn.Module, card: dict, extra_files: dict = None):
+    """Write a complete model folder at `path` atomically (replacing any folder there).
+
+    `extra_files` maps relative names to bytes (e.g. gallery thumbnails).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS_FILE))
+        card = dict(card, format=CARD_FORMAT, weights_sha256=sha256_file(staging / WEIGHTS_FILE))
+        write_json_atomic(staging / CARD_FILE, card)
+        for name, data in (extra_files or {}).items():
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        for file in staging.rglob("*"):
+            os.chmod(file, 0o755 if file.is_dir() else 0o644)  # mkstemp makes 0600 files
+        os.chmod(staging, 0o755)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def read_card(path) -> dict:
+    card_path = Path(path) / CARD_FILE
+    try:
+        card = json.loads(card_path.read_text())
+    except FileNotFoundError:
+        raise ModelFileError(f"{card_path}: missing model card") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{card_path}: unreadable model card ({error})") from None
+    for key in ("arch", "classes", "weights_sha256"):
+        if key not in card:
+            raise ModelFileError(f"{card_path}: model card lacks {key!r}")
+    return card
+
+
+def load_model_dir(path, device="cpu"):
+    """Load (model in eval mode, card) from a model folder, or raise ModelFileError."""
+    path = Path(path)
+    card = read_card(path)
+    weights_path = path / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise ModelFileError(f"{weights_path}: missing weights file")
+    if sha256_file(weights_path) != card["weights_sha256"]:
+        raise ModelFileError(f"{weights_path}: checksum does not match the model card "
+                             "(truncated, damaged or tampered with)")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelFileError(f"{weights_path}: unreadable weights ({error})") from None
+    arch = card["arch"]
+    try:
+        model = build_model(arch["name"], num_classes=len(card["classes"]), **arch.get("kwargs", {}))
+        model.load_state_dict(state, strict=True)
+    except (ValueError, RuntimeError, TypeError) as error:
+        raise ModelFileError(f"{weights_path}: weights do not fit {arch} ({error})") from None
+    return model.to(device).eval(), card

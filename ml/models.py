@@ -1,0 +1,128 @@
+"""Network architectures, chosen by name: `build_model(name, **kwargs)`.
+
+- `seednet`: the tutorial's CNN, unchanged, kept as the baseline.
+- `airnet`: the fast, accurate default. After Keller Jordan's airbench (CIFAR-10 speed records):
+  a frozen 2x2 patch-whitening first layer, three conv groups (conv-pool-BN-GELU-conv-BN-GELU),
+  BatchNorm without scale, dirac-initialised convs and a scaled linear head.
+"""
+
+import torch
+from torch import nn
+
+ARCHITECTURES = {}
+
+
+def register(name):
+    def wrap(cls):
+        ARCHITECTURES[name] = cls
+        return cls
+    return wrap
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose from {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name](**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@register("seednet")
+class SeedNet(nn.Module):
+    """The tutorial's network: 3 conv (3x3, no padding) + 4 linear layers, 32x32 RGB in."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.2):
+        super().__init__()
+
+        def conv_block(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(dropout)]
+
+        # 32 -> conv 30 -> pool 15 -> conv 13 -> pool 6 -> conv 4 -> pool 2: 128 * 2 * 2 = 512
+        self.features = nn.Sequential(*conv_block(3, 32), *conv_block(32, 64), *conv_block(64, 128))
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(512, 128), nn.ReLU(),
+            nn.Linear(128, 64), nn.ReLU(),
+            nn.Linear(64, 32), nn.ReLU(),
+            nn.Linear(32, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class ScaleFreeBatchNorm(nn.BatchNorm2d):
+    """BatchNorm with a frozen unit scale: only the shift is learned (airbench)."""
+
+    def __init__(self, num_features, momentum=0.6, eps=1e-12):
+        # airbench's "momentum" is the running-average decay; PyTorch's is its complement.
+        super().__init__(num_features, eps=eps, momentum=1 - momentum)
+        self.weight.requires_grad = False
+
+
+class DiracConv(nn.Conv2d):
+    """3x3 'same' conv initialised close to identity, so deep stacks start well-conditioned."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__(c_in, c_out, kernel_size=3, padding="same", bias=False)
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        w = self.weight.data
+        nn.init.dirac_(w[:w.size(1)])
+
+
+class ConvGroup(nn.Module):
+    def __init__(self, c_in, c_out, bn_momentum):
+        super().__init__()
+        self.conv1 = DiracConv(c_in, c_out)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = ScaleFreeBatchNorm(c_out, bn_momentum)
+        self.conv2 = DiracConv(c_out, c_out)
+        self.norm2 = ScaleFreeBatchNorm(c_out, bn_momentum)
+        self.activ = nn.GELU()
+
+    def forward(self, x):
+        x = self.activ(self.norm1(self.pool(self.conv1(x))))
+        return self.activ(self.norm2(self.conv2(x)))
+
+
+@register("airnet")
+class AirNet(nn.Module):
+    def __init__(self, num_classes: int = 10, widths=(64, 256, 256), whiten_kernel: int = 2,
+                 bn_momentum: float = 0.6, output_scale: float = 1 / 9):
+        super().__init__()
+        whiten_width = 2 * 3 * whiten_kernel ** 2
+        # Set from training-image patches by init_whitening(); frozen afterwards (bias trains briefly).
+        self.whiten = nn.Conv2d(3, whiten_width, whiten_kernel, padding=0, bias=True)
+        self.whiten.weight.requires_grad = False
+        self.activ = nn.GELU()
+        c_in, groups = whiten_width, []
+        for width in widths:
+            groups.append(ConvGroup(c_in, width, bn_momentum))
+            c_in = width
+        self.groups = nn.Sequential(*groups)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(c_in, num_classes, bias=False)
+        self.output_scale = output_scale
+
+    def forward(self, x):
+        x = self.groups(self.activ(self.whiten(x)))
+        return self.head(self.pool(x).flatten(1)) * self.output_scale
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor, eps: float = 5e-4):
+        """Make the first layer whiten 2x2 patches: eigenvectors of the patch covariance,
+        scaled by 1/sqrt(eigenvalue), in +/- pairs so GELU keeps both signs."""
+        k = self.whiten.kernel_size[0]
+        c = images.shape[1]
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)
+        patches = patches.transpose(1, 3).reshape(-1, c * k * k)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)
+        filters = eigenvectors.reshape(-1, c, k, k)  # rows were flattened as (c, kh, kw)
+        filters = filters / torch.sqrt(eigenvalues + eps).view(-1, 1, 1, 1)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]))

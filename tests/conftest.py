@@ -1,0 +1,142 @@
+"""Shared fixtures: small model folders and images made here, the real data when present,
+the Flask app and client, a real gunicorn server, and Debian's Chromium for Playwright."""
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = PROJECT_ROOT / "data"
+SHIPPED_MODEL = PROJECT_ROOT / "models" / "default"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+sys.path.insert(0, str(PROJECT_ROOT))
+
+torch.set_num_threads(1)  # the suite runs beside other work on 2 cores
+
+
+def make_model_dir(path, arch="airnet", seed=0, version="test-1"):
+    """An untrained but complete model folder (weights + card), built in a second."""
+    from ml import CIFAR10_CLASSES
+    from ml.data import CIFAR_MEAN, CIFAR_STD
+    from ml.modelfile import write_model_dir
+    from ml.models import build_model
+
+    torch.manual_seed(seed)
+    kwargs = {"widths": [8, 16, 16]} if arch == "airnet" else {}
+    model = build_model(arch, **kwargs)
+    card = {"name": f"test-{arch}", "version": version, "arch": {"name": arch, "kwargs": kwargs},
+            "classes": list(CIFAR10_CLASSES), "input_size": 32, "tta": 0,
+            "normalization": {"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}}
+    write_model_dir(path, model, card)
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def real_data_dir():
+    if not (DATA_DIR / "train").is_dir():
+        pytest.skip("data/train is missing: run `make data` (needs ../shared/datasets/cifar10-train-jpeg.tar.gz)")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def shipped_model_dir():
+    if not (SHIPPED_MODEL / "card.json").is_file():
+        pytest.fail("models/default is missing: the shipped model must be committed")
+    return SHIPPED_MODEL
+
+
+def image_bytes(fmt="JPEG", size=(64, 48), color=(200, 30, 30), mode="RGB", **save_args) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def app(tmp_path, tiny_model_dir):
+    from webapp import create_app
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance"),
+                      "MODEL_DIR": str(tiny_model_dir), "WTF_CSRF_ENABLED": True})
+    yield app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(instance_path, model_dir=SHIPPED_MODEL, env_extra=None, workers=1):
+    """Start the real gunicorn server on a free loopback port; returns (process, base_url)."""
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), INSTANCE_PATH=str(instance_path), MODEL_DIR=str(model_dir),
+               WEB_WORKERS=str(workers), **(env_extra or {}))
+    log = open(Path(instance_path).parent / f"gunicorn-{port}.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+                               cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {process.returncode}: see {log.name}")
+        try:
+            with urllib.request.urlopen(base + "/", timeout=2) as response:
+                if response.status == 200:
+                    return process, base
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError("gunicorn did not answer within 90 s")
+
+
+def stop_server(process):
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory, shipped_model_dir):
+    """gunicorn serving the shipped model; yields the base URL."""
+    instance = tmp_path_factory.mktemp("live") / "instance"
+    instance.mkdir()
+    process, base = start_server(instance, shipped_model_dir)
+    yield base
+    stop_server(process)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright (installed by `make browser`)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium as root")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()
