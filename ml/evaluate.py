@@ -112,6 +112,8 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help="dataset root (CIFAR python layout or image folders)")
     parser.add_argument("--tta", type=int, default=None, choices=[0, 1, 2],
                         help="test-time augmentation level (default: the card's)")
+    parser.add_argument("--val-size", type=int, default=None,
+                        help="validation images held out (default: the card's, so the split matches training)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     parser.add_argument("--out", default=None, help="also write the report to this file")
     args = parser.parse_args(argv)
@@ -119,7 +121,7 @@ def main(argv=None):
     device = pick_device(args.device)
     model, card = load_model_dir(args.model, device)
     split_info = card.get("data", {})
-    dataset = load_dataset(args.data, val_size=split_info.get("val_size", 5000),
+    dataset = load_dataset(args.data, val_size=args.val_size or split_info.get("val_size", 5000),
                            split_seed=split_info.get("split_seed", 0))
     if dataset.classes != card["classes"]:
         sys.exit(f"the dataset's classes {dataset.classes} differ from the model's {card['classes']}")

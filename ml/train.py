@@ -266,8 +266,8 @@ def gallery_files(images, report, dataset_train, classes, samples_per_class=8) -
 
 def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="auto", emit=print,
           stop: StopFlag = None):
-    """Train per `config` and write the model folder `out_dir`. Returns the card, or None when
-    stopped early (a resume checkpoint is then at `checkpoint_path`)."""
+    """Train per `config` and write the model folder `out_dir`. Returns the card ({} on ranks
+    other than 0), or None when stopped early (a resume checkpoint is then at `checkpoint_path`)."""
     rank, world = distributed_info()
     device = pick_device(device)
     if world > 1 and not dist.is_initialized():
@@ -293,6 +293,8 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
              "scaler": torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)}
     if resume and checkpoint_path and Path(checkpoint_path).is_file():
         saved = load_checkpoint(checkpoint_path)
+        if json.loads(saved["config"]) != config:
+            raise ValueError(f"{checkpoint_path} was written with other settings; resume with the same flags")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state["scaler"].load_state_dict(saved["scaler"])
@@ -300,6 +302,7 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
             state["lookahead"].average = saved["lookahead"]
         for key in ("epoch", "step_in_epoch", "global_step", "elapsed_before", "history", "aug_rng"):
             state[key] = saved[key]
+        torch.set_rng_state(saved["torch_rng"])  # dropout masks continue as if never stopped
         emit({"type": "resumed", "epoch": state["epoch"] + 1, "global_step": state["global_step"]})
     train_model = model
     if world > 1:
@@ -322,12 +325,16 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scaler": state["scaler"].state_dict(),
                     "lookahead": state["lookahead"].average if state["lookahead"] else None,
-                    "config": json.dumps(config),
+                    "config": json.dumps(config), "torch_rng": torch.get_rng_state(),
                     **{k: state[k] for k in ("epoch", "step_in_epoch", "global_step", "elapsed_before",
                                              "history", "aug_rng")}})
             log({"type": "stopped", "epoch": state["epoch"] + 1, "global_step": state["global_step"],
                  "checkpoint": str(checkpoint_path) if checkpoint_path else None})
             return None
+        if world > 1:
+            # BatchNorm statistics are per process; take rank 0's so every rank holds one model
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
         logits = predict_logits(model, dataset.val, device, amp_dtype=amp_dtype, norm=norm)
         val = report_from_logits(logits, dataset.val.labels, dataset.classes, dataset.val_name)
         elapsed = state["elapsed_before"] + time.perf_counter() - state["start_time"]
@@ -344,7 +351,7 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
     digest = weights_digest(model)
     emit({"type": "done", "rank": rank, "accuracy": report["accuracy"], "eval_split": dataset.val_name,
           "train_seconds": train_seconds, "weights_digest": digest})
-    card = None
+    card = {}
     if rank == 0:
         card = make_card(model, config, dataset, report, state["history"], train_seconds,
                          time.perf_counter() - wall_start, device, amp_dtype, world)
@@ -474,7 +481,7 @@ def main(argv=None):
     card = train(config, out, checkpoint, args.resume, args.device, emit, stop)
     if card is None:
         sys.exit(EXIT_STOPPED)
-    if distributed_info()[0] == 0:
+    if card:
         print(f"wrote {out}: {card['evaluation']['split']} accuracy {card['evaluation']['accuracy']:.4f} "
               f"in {card['training']['train_seconds']:.0f}s of training")
 

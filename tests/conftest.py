@@ -140,3 +140,24 @@ def browser():
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         yield browser
         browser.close()
+
+
+def write_tiny_dataset(root, per_class=24, size=32, seed=0):
+    """An image-folder dataset (train/<class>/*.png) where each class has its own colour, plus
+    noise: learnable in a few steps, so tests can see the loss fall."""
+    import numpy as np
+    from ml import CIFAR10_CLASSES
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(CIFAR10_CLASSES):
+        folder = Path(root) / "train" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        base = np.array([(c * 53) % 256, (c * 97 + 60) % 256, (c * 151 + 120) % 256], dtype=np.float64)
+        for i in range(per_class):
+            pixels = base + rng.normal(0, 40, (size, size, 3))
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    return write_tiny_dataset(tmp_path_factory.mktemp("tinydata"))

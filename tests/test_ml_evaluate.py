@@ -1,0 +1,53 @@
+"""ml.evaluate: the report on a hand-made case whose answers are known."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import PROJECT_ROOT
+from ml.evaluate import calibration, report_from_logits
+
+CLASSES = ["a", "b", "c"]
+
+
+def test_report_on_a_hand_made_confusion_case():
+    # true labels: 4 x a, 2 x b, 2 x c; predictions: a a a b | b c | c c
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    predicted = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    logits = torch.full((8, 3), -10.0)
+    logits[torch.arange(8), predicted] = 10.0
+    report = report_from_logits(logits, labels, CLASSES, "validation")
+    assert report["confusion_matrix"] == [[3, 1, 0], [0, 1, 1], [0, 0, 2]]
+    assert report["accuracy"] == pytest.approx(6 / 8)
+    assert report["per_class_accuracy"] == {"a": 0.75, "b": 0.5, "c": 1.0}
+    assert report["images"] == 8 and report["split"] == "validation"
+    # confident (p ~ 1) everywhere but right only 75% of the time: ECE ~ 0.25
+    assert report["ece"] == pytest.approx(0.25, abs=1e-3)
+    assert [(m["true"], m["predicted"]) for m in report["misclassified"]] in \
+        ([("a", "b"), ("b", "c")], [("b", "c"), ("a", "b")])
+    expected_loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert report["loss"] == pytest.approx(expected_loss)
+    json.dumps(report)  # serialisable
+
+
+def test_calibration_of_a_perfectly_calibrated_set_is_zero():
+    confidence = torch.tensor([0.7] * 10)
+    correct = torch.tensor([True] * 7 + [False] * 3)
+    ece, bins = calibration(confidence, correct)
+    assert ece == pytest.approx(0.0, abs=1e-6)
+    assert sum(b["count"] for b in bins) == 10
+
+
+def test_evaluate_cli_prints_a_report(tmp_path, tiny_dataset):
+    from conftest import make_model_dir
+    model = make_model_dir(tmp_path / "m", arch="seednet")
+    out = subprocess.run([sys.executable, "-m", "ml.evaluate", "--model", str(model), "--data",
+                          str(tiny_dataset), "--val-size", "40", "--tta", "1", "--out", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, check=True, cwd=PROJECT_ROOT)
+    report = json.loads(out.stdout)
+    assert report["images"] == 40 and report["tta"] == 1
+    assert len(report["confusion_matrix"]) == 10
+    assert json.loads((tmp_path / "r.json").read_text()) == report

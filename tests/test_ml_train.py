@@ -1,0 +1,147 @@
+"""ml.train: learning, reproducibility, stop and resume, DDP, a run on real images."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import PROJECT_ROOT
+from ml.modelfile import load_model_dir
+from ml.train import EXIT_STOPPED, build_parser, resolve_config, train
+
+SMALL = ["--val-size", "40", "--threads", "1"]
+
+
+def config_for(dataset, *flags):
+    return resolve_config(build_parser().parse_args(["--data", str(dataset), *SMALL, *flags]))
+
+
+def run_train(tmp_path, dataset, *flags, name="model"):
+    records = []
+    card = train(config_for(dataset, *flags), tmp_path / name, emit=records.append)
+    return card, records
+
+
+def test_short_training_lowers_the_loss(tmp_path, tiny_dataset):
+    card, records = run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
+                              "--epochs", "4", "--batch-size", "40", "--precision", "fp32")
+    steps = [r for r in records if r["type"] == "step"]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert len(epochs) == 4 and steps[0]["total_steps"] == 20
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert epochs[-1]["val_loss"] < epochs[0]["val_loss"]
+    assert {"loss", "images_per_s", "eta_s", "elapsed_s", "progress"} <= set(steps[-1])
+    # the written folder is complete and loads
+    model, loaded = load_model_dir(tmp_path / "model")
+    assert loaded["evaluation"]["split"] == "validation" and loaded["evaluation"]["images"] == 40
+    assert len(loaded["history"]) == 4 and loaded["hyperparameters"]["batch_size"] == 40
+    assert loaded["data"]["eval_per_class"] == {c: 4 for c in loaded["classes"]}
+    assert (tmp_path / "model" / "gallery" / "samples-cat.png").is_file()
+
+
+def test_seed_preset_is_the_tutorial_recipe():
+    config = resolve_config(build_parser().parse_args(["--preset", "seed"]))
+    assert (config["arch"], config["lr"], config["momentum"], config["batch_size"], config["epochs"]) == \
+        ("seednet", 0.001, 0.9, 5, 20)
+    assert not config["nesterov"] and config["label_smoothing"] == 0 and config["schedule"] == "constant"
+
+
+def test_flags_override_presets_and_batch_size_scales_lr():
+    config = resolve_config(build_parser().parse_args(["--preset", "fast", "--batch-size", "512", "--epochs", "3"]))
+    assert config["epochs"] == 3 and config["batch_size"] == 512 and config["lr"] == pytest.approx(0.75)
+    config = resolve_config(build_parser().parse_args(["--preset", "fast", "--batch-size", "512", "--lr", "0.1"]))
+    assert config["lr"] == 0.1
+
+
+def test_training_is_reproducible_on_cpu(tmp_path, tiny_dataset):
+    flags = ["--preset", "fast", "--widths", "8", "16", "16", "--epochs", "2", "--batch-size", "40",
+             "--precision", "fp32", "--seed", "3"]
+    _, first = run_train(tmp_path, tiny_dataset, *flags, name="a")
+    _, second = run_train(tmp_path, tiny_dataset, *flags, name="b")
+    digest = [r["weights_digest"] for r in first + second if r["type"] == "done"]
+    assert digest[0] == digest[1]
+    _, other = run_train(tmp_path, tiny_dataset, *flags[:-1], "4", name="c")
+    assert [r["weights_digest"] for r in other if r["type"] == "done"][0] != digest[0]
+
+
+def train_cli(*args, **popen):
+    return subprocess.Popen([sys.executable, "-m", "ml.train", *args], cwd=PROJECT_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def wait_for_steps(events, count, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if events.exists():
+            steps = [json.loads(l) for l in events.read_text().splitlines() if '"step"' in l]
+            if len(steps) >= count:
+                return
+        time.sleep(0.05)
+    raise AssertionError("training did not report progress")
+
+
+def test_sigterm_leaves_a_checkpoint_that_resumes_to_the_same_model(tmp_path, tiny_dataset):
+    flags = ["--data", str(tiny_dataset), *SMALL, "--preset", "seed", "--epochs", "3", "--batch-size", "5",
+             "--seed", "1"]
+    reference = train_cli(*flags, "--out", str(tmp_path / "ref"))
+    ref_out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, ref_out
+
+    events = tmp_path / "events.jsonl"
+    out, ckpt = tmp_path / "stopped", tmp_path / "stopped.resume.pt"
+    process = train_cli(*flags, "--out", str(out), "--checkpoint", str(ckpt), "--events", str(events))
+    wait_for_steps(events, 25)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == EXIT_STOPPED
+    assert ckpt.is_file() and not out.exists()
+    assert json.loads(events.read_text().splitlines()[-1])["type"] == "stopped"
+
+    resumed = train_cli(*flags, "--out", str(out), "--checkpoint", str(ckpt), "--resume", "--events", str(events))
+    resumed_out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, resumed_out
+    assert '"type": "resumed"' in resumed_out
+    digest = lambda text: [json.loads(l)["weights_digest"] for l in text.splitlines() if '"done"' in l][0]
+    assert digest(resumed_out) == digest(ref_out)  # as if it had never stopped
+    assert not ckpt.exists() and (out / "card.json").is_file()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, tiny_dataset):
+    events, ckpt = tmp_path / "e.jsonl", tmp_path / "c.resume.pt"
+    flags = ["--data", str(tiny_dataset), *SMALL, "--preset", "seed", "--epochs", "3", "--batch-size", "5"]
+    process = train_cli(*flags, "--out", str(tmp_path / "m"), "--checkpoint", str(ckpt), "--events", str(events))
+    wait_for_steps(events, 3)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    other = train_cli(*flags, "--lr", "0.5", "--out", str(tmp_path / "m"), "--checkpoint", str(ckpt), "--resume")
+    text, _ = other.communicate(timeout=120)
+    assert other.returncode != 0 and "other settings" in text
+
+
+def test_ddp_with_two_cpu_processes_agrees(tmp_path, tiny_dataset):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    process = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "ml.train", "--data", str(tiny_dataset),
+         *SMALL, "--preset", "fast", "--widths", "8", "16", "16", "--epochs", "2", "--batch-size", "40",
+         "--precision", "fp32", "--out", str(tmp_path / "ddp")],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert process.returncode == 0, process.stdout + process.stderr
+    done = [json.loads(l) for l in process.stdout.splitlines() if l.startswith("{") and '"done"' in l]
+    assert sorted(d["rank"] for d in done) == [0, 1]
+    assert done[0]["weights_digest"] == done[1]["weights_digest"]
+    card = json.loads((tmp_path / "ddp" / "card.json").read_text())
+    assert card["training"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_training_on_a_few_hundred_real_images(tmp_path, real_data_dir):
+    card, records = run_train(tmp_path, real_data_dir, "--preset", "fast", "--limit", "500", "--epochs", "2",
+                              "--batch-size", "100")
+    assert card["data"]["train_images"] == 500 and card["evaluation"]["images"] == 40
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert card["evaluation"]["accuracy"] > 0.15  # above chance after 2 short epochs
