@@ -1,7 +1,49 @@
-"""gunicorn settings (read by `make serve`). The model loads in each worker after fork."""
+"""gunicorn settings (`make serve`, or `gunicorn -c gunicorn.conf.py wsgi:app`).
+
+No preload: each worker imports the app after fork and loads the model once in
+`post_worker_init`, before it takes requests (PyTorch and fork do not mix). Workers times torch
+threads never exceed the CPU cores. Environment: PORT (8000), WEB_WORKERS, WEB_THREADS (request
+threads per worker, 4), TORCH_THREADS (1), WEB_TIMEOUT (60 s).
+"""
 
 import os
 
-bind = f"127.0.0.1:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_WORKERS", "2"))
-timeout = 60
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_plan(cores: int, torch_threads: int, requested_workers: int | None) -> tuple:
+    """(workers, torch threads per worker) with workers * threads <= cores, and at least one worker."""
+    torch_threads = max(1, min(torch_threads, cores))
+    most = max(1, cores // torch_threads)
+    return max(1, min(requested_workers or most, most)), torch_threads
+
+
+def env_int(name: str):
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
+
+
+workers, torch_threads = worker_plan(available_cores(), env_int("TORCH_THREADS") or 1, env_int("WEB_WORKERS"))
+os.environ["TORCH_THREADS"] = str(torch_threads)  # read by the app in each worker (webapp settings)
+
+bind = f"127.0.0.1:{os.environ.get('PORT') or 8000}"
+worker_class = "gthread"  # request threads share the worker's one model; forward passes take a lock
+threads = env_int("WEB_THREADS") or 4
+timeout = env_int("WEB_TIMEOUT") or 60
+graceful_timeout = 30
+max_requests = 1000  # recycle workers now and then, staggered so they do not all restart at once
+max_requests_jitter = 200
+preload_app = False
+accesslog = "-"
+errorlog = "-"
+
+
+def post_worker_init(worker):
+    """Load the model in this worker now, so the first request does not wait and /readyz turns 200."""
+    from webapp.api import warm_up
+    warm_up(worker.wsgi)

@@ -1,5 +1,74 @@
-"""Placeholder blueprint, replaced by its page group's implementation."""
+"""JSON API: predictions (own shape and TorchServe's), the active model, health and readiness,
+and the OpenAPI document describing all of it (webapp/openapi.json)."""
 
-from flask import Blueprint
+import json
+from pathlib import Path
+
+from flask import Blueprint, current_app, jsonify
+
+from webapp.serving import current_predictor
+from webapp.uploads import RequestError, classify_request, keep_uploads_in_memory, model_identity
 
 bp = Blueprint("api", __name__)
+bp.record_once(keep_uploads_in_memory)
+
+OPENAPI = json.loads((Path(__file__).with_name("openapi.json")).read_text())
+READY = "model_ready"  # app.extensions flag, set by warm_up in each worker
+
+
+def warm_up(app):
+    """Load the active model in this process (gunicorn calls it after fork); /readyz then answers 200."""
+    with app.app_context():
+        current_predictor()
+    app.extensions[READY] = True
+
+
+@bp.post("/api/v1/predict")
+def predict():
+    predictor, items = classify_request(("image",))
+    return jsonify(model=model_identity(predictor),
+                   predictions=[{"filename": name, **result} for name, _, result in items])
+
+
+@bp.post("/predictions/<model_name>")
+def torchserve_predict(model_name):
+    """TorchServe's inference API: one image (raw body, or field `data`/`body`) -> {label: probability}."""
+    active = current_predictor().name
+    if model_name != active:
+        raise RequestError(404, "model_not_found", f"there is no model '{model_name}'; this server serves '{active}'")
+    _, items = classify_request(("data", "body"), max_files=1)
+    scores = {entry["label"]: entry["probability"] for entry in items[0][2]["top"]}
+    # json.dumps keeps the ranking order that jsonify would sort away
+    return current_app.response_class(json.dumps(scores), mimetype="application/json")
+
+
+@bp.get("/api/v1/model")
+def model():
+    predictor = current_predictor()
+    card = dict(predictor.card)
+    evaluation = card.pop("evaluation", None)
+    return jsonify(**model_identity(predictor), classes=predictor.classes, card=card, evaluation=evaluation)
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    if not current_app.extensions.get(READY):
+        return jsonify(status="loading"), 503
+    return jsonify(status="ready", model=model_identity(current_predictor()))
+
+
+@bp.get("/ping")
+def ping():
+    """TorchServe's health check."""
+    ready = current_app.extensions.get(READY)
+    return jsonify(status="Healthy" if ready else "Unhealthy"), 200 if ready else 503
+
+
+@bp.get("/api/openapi.json")
+def openapi():
+    return jsonify(OPENAPI)

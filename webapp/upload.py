@@ -1,10 +1,40 @@
-"""Placeholder blueprint, replaced by its page group's implementation."""
+"""The upload page: classify photos in the browser (static/upload.js calls the JSON API), or with a
+plain form POST that renders the result page, for browsers without JavaScript."""
 
-from flask import Blueprint
+import base64
+import io
+
+from flask import Blueprint, current_app, render_template
+from PIL import Image
+
+from webapp.serving import current_predictor
+from webapp.uploads import classify_request, keep_uploads_in_memory, model_identity
 
 bp = Blueprint("upload", __name__)
+bp.record_once(keep_uploads_in_memory)
+
+
+def model_view(array) -> str:
+    """The 32x32 pixels the model saw, as a PNG data URL: re-encoded, never the uploaded bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 @bp.get("/")
 def index():
-    return "CIFAR-10 classifier: the upload page is on its way."
+    predictor = current_predictor()
+    evaluation = predictor.card.get("evaluation") or {}
+    config = current_app.config
+    return render_template("index.html", model=model_identity(predictor), classes=predictor.classes,
+                           accuracy=evaluation.get("accuracy"), eval_images=evaluation.get("images"),
+                           max_files=config["MAX_FILES"], max_upload_mb=config["MAX_UPLOAD_MB"],
+                           max_bytes=config["MAX_CONTENT_LENGTH"])
+
+
+@bp.post("/")
+def classify():
+    predictor, items = classify_request(("image",))
+    results = [{"filename": name, "preview": model_view(array), "result": result}
+               for name, array, result in items]
+    return render_template("result.html", model=model_identity(predictor), results=results)

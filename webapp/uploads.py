@@ -1,0 +1,96 @@
+"""Reading photos out of a request, shared by the upload page and the JSON APIs.
+
+Files come from multipart fields or from a raw request body. They stay in memory (the body is
+capped by MAX_CONTENT_LENGTH) and are never written to disk or served back. Every problem
+becomes a `RequestError` carrying the HTTP status, a stable code and a message naming the file.
+"""
+
+import io
+import posixpath
+
+from flask import Request, current_app, request
+
+from ml.images import ImageError
+from webapp.serving import current_predictor
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+RAW_BODY_NAME = "image"
+MAX_FILENAME = 200
+
+
+class RequestError(Exception):
+    """A request that cannot be classified; answered as JSON or as a page by webapp.security."""
+
+    def __init__(self, status: int, code: str, message: str, filename: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.filename = status, code, message, filename
+
+
+class InMemoryRequest(Request):
+    """Keeps multipart file parts in memory instead of spooling large ones to a temporary file."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
+
+
+def keep_uploads_in_memory(state):
+    """Blueprint hook: every request of the app is parsed by InMemoryRequest."""
+    state.app.request_class = InMemoryRequest
+
+
+def clean_filename(name: str | None) -> str:
+    """The last path component of a client-supplied name, for display only."""
+    name = posixpath.basename((name or "").replace("\\", "/")).strip()
+    return name[:MAX_FILENAME] or RAW_BODY_NAME
+
+
+def collect_files(fields) -> list:
+    """[(filename, bytes)] from the multipart `fields`, or the raw body as one file."""
+    if request.mimetype in FORM_TYPES:
+        parts = [(part.filename, part.read()) for field in fields for part in request.files.getlist(field)]
+        # a form submitted with no file chosen sends one empty part with an empty filename
+        files = [(clean_filename(name), data) for name, data in parts if name or data]
+    else:
+        body = request.get_data(cache=False)
+        files = [(clean_filename(request.args.get("filename")), body)] if body else []
+    if not files:
+        names = " or ".join(f"'{field}'" for field in fields)
+        raise RequestError(400, "no_file", f"no image was sent: attach one or more files in the field {names}, "
+                                          "or send the image itself as the request body")
+    return files
+
+
+def check_count(files, max_files: int) -> None:
+    if len(files) > max_files:
+        raise RequestError(413, "too_many_files",
+                          f"{len(files)} files were sent; the limit is {max_files} per request")
+
+
+def decode_all(predictor, files) -> list:
+    """Decode every file (header checks first inside decode); the first bad one stops everything."""
+    arrays = []
+    for filename, data in files:
+        try:
+            arrays.append(predictor.decode(data))
+        except ImageError as error:
+            raise RequestError(error.status, error.code, f"{filename}: {error}", filename) from None
+    return arrays
+
+
+def model_identity(predictor) -> dict:
+    """How every answer names the model that made it."""
+    return {"name": predictor.name, "version": predictor.version}
+
+
+def classify_request(fields=("image",), max_files: int | None = None):
+    """Classify the photos of the current request in one batch.
+
+    Returns (predictor, [(filename, array, result)]) in upload order, or raises RequestError
+    without predicting anything when any file is missing, refused or unreadable.
+    """
+    files = collect_files(fields)
+    check_count(files, max_files or int(current_app.config["MAX_FILES"]))
+    predictor = current_predictor()
+    arrays = decode_all(predictor, files)
+    results = predictor.predict_arrays(arrays)
+    return predictor, [(name, array, result) for (name, _), array, result in zip(files, arrays, results)]
