@@ -20,10 +20,20 @@ DEFAULTS = {
     "TORCH_THREADS": 1,             # per gunicorn worker
     "PORT": 8000,
     "SESSION_COOKIE_SECURE": False,  # set true behind HTTPS
+    "ADMIN_PASSWORD": None,         # unset: generated at first start, printed once, only its hash kept
+    "ADMIN_TOKEN": None,            # bearer token of /api/v1/admin; same rule
+    "LOGIN_MAX_FAILURES": 5,        # failed admin logins per client within LOGIN_WINDOW_S
+    "LOGIN_WINDOW_S": 300,
+    "PROMOTION_MARGIN": 0.0,        # a new version goes live if its accuracy >= active's - margin
+    "TRAIN_DATA": str(PROJECT_ROOT / "data"),  # the "default" data source of retraining jobs
+    "TRAIN_NPROC": 1,               # >1: jobs run under torchrun with this many processes
+    "TRAIN_THREADS": None,          # torch threads of a training job (unset: all cores)
 }
 ENV_SETTINGS = {"SECRET_KEY": str, "MODEL_DIR": str, "MAX_UPLOAD_MB": float, "MAX_FILES": int,
                 "MAX_PIXELS": int, "TORCH_THREADS": int, "PORT": int,
-                "SESSION_COOKIE_SECURE": lambda v: v.lower() in ("1", "true", "yes")}
+                "SESSION_COOKIE_SECURE": lambda v: v.lower() in ("1", "true", "yes"),
+                "ADMIN_PASSWORD": str, "ADMIN_TOKEN": str, "LOGIN_MAX_FAILURES": int, "LOGIN_WINDOW_S": float,
+                "PROMOTION_MARGIN": float, "TRAIN_DATA": str, "TRAIN_NPROC": int, "TRAIN_THREADS": int}
 
 
 def load_settings(app, test_config):

@@ -1,5 +1,127 @@
-"""Placeholder blueprint, replaced by its page group's implementation."""
+"""Admin pages under /admin (session login, CSRF on every form): the job list and model versions,
+the new-job form, the live job page and the JSON it polls."""
 
-from flask import Blueprint
+from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
 
-bp = Blueprint("admin", __name__)
+from webapp import auth, jobs, versions
+from webapp.serving import serving_status
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+@bp.record_once
+def _generate_credentials(state):
+    auth.init_app(state.app)
+
+
+@bp.after_request
+def _no_store(response):
+    response.headers["Cache-Control"] = "no-store"  # admin pages and job state are never cached
+    return response
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    target = auth.safe_next(request.values.get("next"))
+    if request.method == "GET":
+        return render_template("admin_login.html", next=target)
+    wait = auth.throttle_wait()
+    if wait:
+        response = render_template("admin_login.html", next=target,
+                                   error=f"Too many failed attempts. Try again in {wait} seconds.")
+        return response, 429, {"Retry-After": str(wait)}
+    if not auth.check_password(request.form.get("password", "")):
+        auth.record_failure()
+        return render_template("admin_login.html", next=target, error="Wrong password."), 401
+    auth.clear_failures()
+    auth.log_in()
+    return redirect(target)
+
+
+@bp.post("/logout")
+def logout():
+    auth.log_out()
+    return redirect(url_for("admin.login"))
+
+
+@bp.get("")
+@auth.login_required
+def home():
+    model_store = versions.store()
+    return render_template("admin_home.html", jobs=jobs.list_jobs(), versions=model_store.list(),
+                           active=model_store.active_id(), serving=serving_status())
+
+
+@bp.get("/jobs/new")
+@auth.login_required
+def new_job():
+    return render_template("admin_job_new.html", sources=jobs.data_sources(), presets=jobs.PRESETS,
+                           form={}, error=None, running=jobs.active_job())
+
+
+@bp.post("/jobs")
+@auth.login_required
+def start_job():
+    form = {k: v.strip() for k, v in request.form.items() if k != "csrf_token"}
+    try:
+        job = jobs.start(form)
+    except jobs.JobError as error:
+        return render_template("admin_job_new.html", sources=jobs.data_sources(), presets=jobs.PRESETS,
+                               form=form, error=str(error), running=jobs.active_job()), error.status
+    return redirect(url_for("admin.job_page", job_id=job["id"]))
+
+
+def _job_or_404(job_id):
+    try:
+        return jobs.get(job_id)
+    except jobs.JobError:
+        abort(404)
+
+
+@bp.get("/jobs/<int:job_id>")
+@auth.login_required
+def job_page(job_id):
+    return render_template("admin_job.html", job=_job_or_404(job_id))
+
+
+@bp.get("/jobs/<int:job_id>.json")
+@auth.login_required
+def job_json(job_id):
+    """What the job page polls: state, metrics after `since`, log tail (session cookie auth)."""
+    try:
+        return jsonify(jobs.get(job_id, since=request.args.get("since", 0, type=int)))
+    except jobs.JobError as error:
+        return auth.error_json(error.status, error.code, str(error))
+
+
+@bp.post("/jobs/<int:job_id>/cancel")
+@auth.login_required
+def cancel_job(job_id):
+    try:
+        jobs.cancel(job_id)
+        flash(f"Job {job_id} is stopping.", "info")
+    except jobs.JobError as error:
+        flash(str(error), "error")
+    return redirect(url_for("admin.job_page", job_id=job_id))
+
+
+@bp.post("/jobs/<int:job_id>/resume")
+@auth.login_required
+def resume_job(job_id):
+    try:
+        job = jobs.start({"resume": job_id})
+    except jobs.JobError as error:
+        flash(str(error), "error")
+        return redirect(url_for("admin.job_page", job_id=job_id))
+    return redirect(url_for("admin.job_page", job_id=job["id"]))
+
+
+@bp.post("/versions/<version_id>/activate")
+@auth.login_required
+def activate_version(version_id):
+    try:
+        versions.store().activate(version_id)
+        flash(f"Version {version_id} is now active; every worker serves it within seconds.", "info")
+    except versions.VersionError as error:
+        flash(str(error), "error")
+    return redirect(url_for("admin.home"))

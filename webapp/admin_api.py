@@ -1,5 +1,59 @@
-"""Placeholder blueprint, replaced by its page group's implementation."""
+"""The management JSON API under /api/v1/admin/, authorised by `Authorization: Bearer <ADMIN_TOKEN>`
+(CSRF-exempt: a cookie alone never authorises a call here)."""
 
-from flask import Blueprint
+from flask import Blueprint, jsonify, request
 
-bp = Blueprint("admin_api", __name__)
+from webapp import jobs, versions
+from webapp.auth import error_json, token_required
+
+bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
+
+
+@bp.errorhandler(jobs.JobError)
+def job_error(error):
+    return error_json(error.status, error.code, str(error))
+
+
+@bp.errorhandler(versions.VersionError)
+def version_error(error):
+    return error_json(error.status, "not_found" if error.status == 404 else "refused", str(error))
+
+
+@bp.post("/jobs")
+@token_required
+def start_job():
+    data = request.get_json(silent=True) if request.content_length else {}
+    if data is None:
+        return error_json(400, "bad_request", "the request body must be JSON")
+    return jsonify(jobs.start(data)), 202
+
+
+@bp.get("/jobs")
+@token_required
+def list_jobs():
+    return jsonify({"jobs": jobs.list_jobs()})
+
+
+@bp.get("/jobs/<int:job_id>")
+@token_required
+def get_job(job_id):
+    return jsonify(jobs.get(job_id, since=request.args.get("since", 0, type=int)))
+
+
+@bp.post("/jobs/<int:job_id>/cancel")
+@token_required
+def cancel_job(job_id):
+    return jsonify(jobs.cancel(job_id)), 202
+
+
+@bp.get("/versions")
+@token_required
+def list_versions():
+    model_store = versions.store()
+    return jsonify({"versions": model_store.list(), "active": model_store.active_id()})
+
+
+@bp.post("/versions/<version_id>/activate")
+@token_required
+def activate_version(version_id):
+    return jsonify(versions.store().activate(version_id))

@@ -1,21 +1,101 @@
-"""The model this process serves: loaded once per worker (after fork), never per request."""
+"""The model this process serves: the active version of the model store, loaded once per worker
+(after fork), never per request, and swapped without a restart when the active pointer changes.
 
+At most once a second a request stats the pointer file; when it changed, that request loads the
+new version *before* swapping the reference, so requests in flight finish on the old Predictor
+and nobody waits for a half-loaded model. A version that fails to load (damaged weights) is
+refused: the previous one keeps serving and `serving_status()` reports the error.
+"""
+
+import os
 import threading
+import time
+from pathlib import Path
 
 import torch
 from flask import current_app
 
+from ml.modelfile import ModelFileError
 from ml.predict import Predictor
+from webapp.versions import SHIPPED, VersionError, store
+
+CHECK_INTERVAL_S = 1.0
+
+
+class ServedModel:
+    """Per process and per (store, shipped model): the Predictor being served and its version."""
+
+    def __init__(self, model_store, max_pixels):
+        self.store = model_store
+        self.max_pixels = max_pixels
+        self.predictor = None
+        self.version_id = None
+        self.pointer_seen = None   # (inode, mtime_ns) of the pointer last acted on
+        self.checked_at = 0.0
+        self.error = None          # why the active version is not the one served
+        self._load_lock = threading.Lock()
+
+    def _pointer_signature(self):
+        try:
+            st = os.stat(self.store.pointer)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def get(self, logger) -> Predictor:
+        now = time.monotonic()
+        if self.predictor is not None and now - self.checked_at < CHECK_INTERVAL_S:
+            return self.predictor
+        with self._load_lock:  # one thread loads; the others keep the current Predictor meanwhile
+            if self.predictor is None or time.monotonic() - self.checked_at >= CHECK_INTERVAL_S:
+                self._refresh(logger)
+        return self.predictor
+
+    def _refresh(self, logger):
+        signature = self._pointer_signature()
+        self.checked_at = time.monotonic()
+        if self.predictor is not None and signature == self.pointer_seen:
+            return
+        self.pointer_seen = signature
+        wanted = self.store.active_id()
+        if wanted == self.version_id and self.predictor is not None:
+            self.error = None
+            return
+        try:
+            self._load(wanted)
+            self.error = None
+        except (ModelFileError, VersionError) as error:
+            self.error = f"active version {wanted} refused: {error}"
+            logger.error("%s; still serving %s", self.error, self.version_id or SHIPPED)
+            if self.predictor is None:  # nothing served yet: fall back to the shipped model
+                self._load(SHIPPED)
+
+    def _load(self, version_id):
+        predictor = Predictor(self.store.path(version_id), max_pixels=self.max_pixels)
+        self.predictor, self.version_id = predictor, version_id  # one reference swap
+
 
 _lock = threading.Lock()
-_predictors = {}
+_served = {}
+
+
+def _served_model() -> ServedModel:
+    model_store = store()
+    key = (str(model_store.root), str(Path(model_store.shipped_dir).resolve()))
+    with _lock:
+        if key not in _served:
+            torch.set_num_threads(int(current_app.config["TORCH_THREADS"]))
+            _served[key] = ServedModel(model_store, current_app.config["MAX_PIXELS"])
+        return _served[key]
 
 
 def current_predictor() -> Predictor:
-    """The Predictor for the configured model folder, loaded on first use in this process."""
-    model_dir = current_app.config["MODEL_DIR"]
-    with _lock:
-        if model_dir not in _predictors:
-            torch.set_num_threads(int(current_app.config["TORCH_THREADS"]))
-            _predictors[model_dir] = Predictor(model_dir, max_pixels=current_app.config["MAX_PIXELS"])
-        return _predictors[model_dir]
+    """The Predictor for the active model version (`.name`, `.version` name it)."""
+    return _served_model().get(current_app.logger)
+
+
+def serving_status() -> dict:
+    """What this worker serves: {"active": pointer's version, "serving": loaded version, "error"}."""
+    served = _served_model()
+    served.get(current_app.logger)
+    return {"active": served.store.active_id(), "serving": served.version_id, "error": served.error}

@@ -1,0 +1,56 @@
+"""The admin database: one SQLite file in the instance folder (WAL mode), shared by every gunicorn
+worker and by the job runner processes. Holds training jobs, their metrics and log lines, and
+failed login attempts (so throttling works across workers)."""
+
+import sqlite3
+from pathlib import Path
+
+DB_FILE = "admin.sqlite3"
+BUSY_TIMEOUT_S = 20
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    status TEXT NOT NULL,               -- queued, running, succeeded, failed, cancelled
+    params TEXT NOT NULL,               -- JSON: what the admin asked for
+    spec TEXT NOT NULL,                 -- JSON: command, folders, gate margin (for the runner)
+    created REAL NOT NULL, started REAL, finished REAL,
+    runner_pid INTEGER, runner_start TEXT, pid INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    epoch INTEGER, epochs INTEGER, step INTEGER, steps_per_epoch INTEGER,
+    global_step INTEGER, total_steps INTEGER, progress REAL, elapsed_s REAL, eta_s REAL,
+    version TEXT, result TEXT, error TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL, type TEXT NOT NULL, record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_job ON metrics (job_id, seq);
+CREATE TABLE IF NOT EXISTS log_lines (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL, line TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_lines_job ON log_lines (job_id, seq);
+CREATE TABLE IF NOT EXISTS login_failures (client TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS login_failures_client ON login_failures (client, at);
+"""
+
+_ready = set()  # database files whose schema this process has already ensured
+
+
+def connect(db_path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit BEGIN IMMEDIATE ... COMMIT)."""
+    db_path = str(db_path)
+    conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+    if db_path not in _ready:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(SCHEMA)
+        _ready.add(db_path)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def db_path_for(instance_path) -> Path:
+    return Path(instance_path) / DB_FILE

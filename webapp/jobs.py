@@ -1,0 +1,330 @@
+"""Training jobs: start, cancel and observe them; their state lives in the admin database.
+
+A job runs as its own process group, never in a web worker: `start()` inserts the job row under
+a write transaction that refuses a second queued/running job (a cross-process guarantee), then
+spawns `python -m webapp.jobrunner <db> <id>` in a new session. The runner starts the trainer
+(`python -m ml.train`, or torchrun) and copies its JSON records and log lines into the database.
+Every reader first reconciles: a queued/running job whose runner process is gone is marked
+failed with the last lines of its log, so no job stays `running` forever.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from flask import current_app
+
+from webapp import PROJECT_ROOT
+from webapp.db import connect, db_path_for
+
+ACTIVE = ("queued", "running")
+QUEUED_TIMEOUT_S = 30      # a queued job whose runner never registered is given up after this
+LOG_TAIL_LINES = 40
+PRESETS = ("seed", "fast", "best")
+# field -> (type, minimum, maximum)
+NUMERIC_FIELDS = {"epochs": (int, 1, 500), "lr": (float, 1e-6, 100.0), "batch_size": (int, 1, 8192),
+                  "seed": (int, 0, 2**31 - 1), "limit": (int, 10, 10_000_000)}
+
+
+class JobError(Exception):
+    """A refused request: 400 bad parameters, 404 no such job, 409 conflict."""
+
+    def __init__(self, message, status=400, code="bad_request"):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+# ---- processes ----
+
+def process_start(pid):
+    """(state, start time in clock ticks) of a process from /proc, or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[0], fields[19]
+
+
+def process_alive(pid, start=None) -> bool:
+    """True when `pid` runs (not a zombie) and, when given, started at `start` (no pid reuse)."""
+    if not pid:
+        return False
+    if not Path("/proc/self/stat").exists():  # no procfs: signal 0 is the best we have
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    info = process_start(pid)
+    return info is not None and info[0] not in ("Z", "X") and (start is None or info[1] == start)
+
+
+def signal_group(pid, sig):
+    """Send `sig` to the process group led by `pid` (the trainer and, under torchrun, its workers)."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def log_file_tail(job_dir, lines=LOG_TAIL_LINES) -> list:
+    try:
+        with open(Path(job_dir) / "train.log", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+# ---- settings ----
+
+def _db(app=None):
+    return connect(db_path_for((app or current_app).instance_path))
+
+
+def jobs_root(app=None) -> Path:
+    return Path((app or current_app).instance_path) / "jobs"
+
+
+def data_sources(app=None) -> dict:
+    """name -> folder: "default" is TRAIN_DATA; every folder in <instance>/datasets is one more."""
+    app = app or current_app
+    sources = {"default": Path(app.config["TRAIN_DATA"])}
+    extra = Path(app.instance_path) / "datasets"
+    if extra.is_dir():
+        sources.update({p.name: p for p in sorted(extra.iterdir()) if p.is_dir() and p.name != "default"})
+    return sources
+
+
+def _number(name, value):
+    kind, low, high = NUMERIC_FIELDS[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise JobError(f"{name} must be a number")
+    try:
+        number = float(value)
+        if kind is int:
+            if not number.is_integer():
+                raise ValueError
+            number = int(number)
+    except ValueError:
+        raise JobError(f"{name} must be {'a whole number' if kind is int else 'a number'}, not {value!r}")
+    if not low <= number <= high:
+        raise JobError(f"{name} must be between {low} and {high}")
+    return number
+
+
+def validate_params(data, app=None) -> dict:
+    """The admin's request -> clean parameters; raises JobError (400) naming the bad field."""
+    if not isinstance(data, dict):
+        raise JobError("the request body must be a JSON object")
+    unknown = set(data) - set(NUMERIC_FIELDS) - {"preset", "data", "resume"}
+    if unknown:
+        raise JobError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    params = {"preset": data.get("preset") or "fast", "data": data.get("data") or "default"}
+    if params["preset"] not in PRESETS:
+        raise JobError(f"preset must be one of {', '.join(PRESETS)}")
+    sources = data_sources(app)
+    if params["data"] not in sources:
+        raise JobError(f"data must be one of {', '.join(sources)}")
+    if not sources[params["data"]].is_dir():
+        raise JobError(f"data source {params['data']} ({sources[params['data']]}) does not exist")
+    for name in NUMERIC_FIELDS:
+        if data.get(name) not in (None, ""):
+            params[name] = _number(name, data[name])
+    return params
+
+
+def _resume_params(conn, data, app) -> dict:
+    """A resumed job repeats a cancelled job's parameters from its checkpoint."""
+    try:
+        resume_id = int(data["resume"])
+    except (TypeError, ValueError):
+        raise JobError("resume must be a job id")
+    row = conn.execute("SELECT status, params FROM jobs WHERE id = ?", (resume_id,)).fetchone()
+    checkpoint = jobs_root(app) / str(resume_id) / "resume.pt"
+    if row is None or row["status"] != "cancelled" or not checkpoint.is_file():
+        raise JobError(f"job {resume_id} has no resume checkpoint (only cancelled jobs do)", 409, "not_resumable")
+    return dict(json.loads(row["params"]), resume=resume_id)
+
+
+def build_command(params, job_dir, app=None) -> list:
+    app = app or current_app
+    nproc = int(app.config["TRAIN_NPROC"])
+    command = [sys.executable, "-m", "ml.train"] if nproc <= 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "-m", "ml.train"]
+    command += ["--preset", params["preset"], "--data", str(data_sources(app)[params["data"]]),
+                "--out", str(job_dir / "model"), "--events", str(job_dir / "events.jsonl"),
+                "--checkpoint", str(job_dir / "resume.pt")]
+    for name in NUMERIC_FIELDS:
+        if name in params:
+            command += ["--" + name.replace("_", "-"), str(params[name])]
+    if app.config.get("TRAIN_THREADS"):
+        command += ["--threads", str(int(app.config["TRAIN_THREADS"]))]
+    return command + (["--resume"] if params.get("resume") else [])
+
+
+# ---- reading ----
+
+def _iso(timestamp):
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+def job_dict(conn, row, since=0, details=True) -> dict:
+    end = row["finished"] or (time.time() if row["status"] in ACTIVE else None)
+    job = {key: row[key] for key in ("id", "status", "epoch", "epochs", "step", "steps_per_epoch",
+                                     "global_step", "total_steps", "progress", "elapsed_s", "eta_s",
+                                     "version", "error", "runner_pid")}
+    job.update(params=json.loads(row["params"]), result=json.loads(row["result"] or "null"),
+               pid=row["pid"] if row["status"] == "running" else None,
+               cancel_requested=bool(row["cancel_requested"]),
+               created=_iso(row["created"]), started=_iso(row["started"]), finished=_iso(row["finished"]),
+               duration_s=round(end - row["started"], 1) if row["started"] and end else None)
+    if details:
+        metrics = conn.execute("SELECT seq, record FROM metrics WHERE job_id = ? AND seq > ? ORDER BY seq",
+                               (row["id"], since)).fetchall()
+        job["metrics"] = [dict(json.loads(m["record"]), seq=m["seq"]) for m in metrics]
+        job["next_since"] = metrics[-1]["seq"] if metrics else since
+        lines = conn.execute("SELECT line FROM log_lines WHERE job_id = ? ORDER BY seq DESC LIMIT ?",
+                             (row["id"], LOG_TAIL_LINES)).fetchall()
+        job["log_tail"] = [r["line"] for r in reversed(lines)]
+    return job
+
+
+def _fail_dead(conn, row, message):
+    tail = log_file_tail(json.loads(row["spec"]).get("job_dir", "/nonexistent"), 10)
+    error = message + ("\n" + "\n".join(tail) if tail else "")
+    conn.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ? AND status IN "
+                 "('queued', 'running')", (time.time(), error, row["id"]))
+    if row["pid"] and process_alive(row["pid"]):
+        signal_group(row["pid"], signal.SIGKILL)  # an orphaned trainer nobody records any more
+
+
+def reconcile(conn):
+    """Mark failed every queued/running job whose runner process is gone."""
+    now = time.time()
+    for row in conn.execute("SELECT * FROM jobs WHERE status IN ('queued', 'running')").fetchall():
+        if row["runner_pid"] is None:
+            if now - row["created"] > QUEUED_TIMEOUT_S:
+                _fail_dead(conn, row, "the job process never started")
+        elif not process_alive(row["runner_pid"], row["runner_start"]):
+            _fail_dead(conn, row, f"the job process (pid {row['runner_pid']}) ended without reporting: "
+                                  "killed, out of memory, or the machine restarted")
+
+
+def get(job_id, since=0, app=None) -> dict:
+    conn = _db(app)
+    try:
+        reconcile(conn)
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobError(f"no job {job_id}", 404, "not_found")
+        return job_dict(conn, row, since)
+    finally:
+        conn.close()
+
+
+def list_jobs(app=None) -> list:
+    conn = _db(app)
+    try:
+        reconcile(conn)
+        rows = conn.execute("SELECT * FROM jobs ORDER BY id DESC").fetchall()
+        return [job_dict(conn, row, details=False) for row in rows]
+    finally:
+        conn.close()
+
+
+def active_job(app=None):
+    """The queued or running job, or None."""
+    jobs = [j for j in list_jobs(app) if j["status"] in ACTIVE]
+    return jobs[0] if jobs else None
+
+
+# ---- changing ----
+
+def _insert(conn, data, app) -> int:
+    """Insert a queued job; refuses when one is queued or running. Runs under BEGIN IMMEDIATE, so
+    concurrent starts from any number of processes are serialised by SQLite's write lock."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        busy = conn.execute("SELECT id, status FROM jobs WHERE status IN ('queued', 'running')").fetchone()
+        if busy:
+            raise JobError(f"job {busy['id']} is {busy['status']}: wait for it or cancel it first",
+                           409, "job_running")
+        params = _resume_params(conn, data, app) if data.get("resume") else validate_params(data, app)
+        job_id = conn.execute("INSERT INTO jobs (status, params, spec, created) VALUES ('queued', ?, '{}', ?)",
+                              (json.dumps(params), time.time())).lastrowid
+        job_dir = jobs_root(app) / str(job_id)
+        spec = {"command": build_command(params, job_dir, app), "job_dir": str(job_dir),
+                "store": str(Path(app.instance_path) / "models"), "shipped": str(app.config["MODEL_DIR"]),
+                "margin": float(app.config["PROMOTION_MARGIN"]), "cwd": str(PROJECT_ROOT)}
+        conn.execute("UPDATE jobs SET spec = ? WHERE id = ?", (json.dumps(spec), job_id))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return job_id, params
+
+
+def start(data, app=None) -> dict:
+    """Queue a training job and spawn its process; raises JobError (400 bad input, 409 busy)."""
+    app = app or current_app
+    if not isinstance(data, dict):
+        raise JobError("the request body must be a JSON object")
+    conn = _db(app)
+    try:
+        reconcile(conn)
+        job_id, params = _insert(conn, data, app)
+        job_dir = jobs_root(app) / str(job_id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if params.get("resume"):  # the checkpoint moves on: a job is resumed once
+                os.replace(jobs_root(app) / str(params["resume"]) / "resume.pt", job_dir / "resume.pt")
+            with open(job_dir / "runner.log", "ab") as log:
+                runner = subprocess.Popen(
+                    [sys.executable, "-m", "webapp.jobrunner", str(db_path_for(app.instance_path)), str(job_id)],
+                    cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+        except OSError as error:
+            conn.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ?",
+                         (time.time(), f"could not start the job process: {error}", job_id))
+            raise JobError(f"could not start the job process: {error}", 500, "spawn_failed")
+        threading.Thread(target=runner.wait, daemon=True).start()  # reap it when it exits
+        info = process_start(runner.pid)
+        conn.execute("UPDATE jobs SET runner_pid = ?, runner_start = ? WHERE id = ? AND runner_pid IS NULL",
+                     (runner.pid, info[1] if info else None, job_id))
+        return job_dict(conn, conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+    finally:
+        conn.close()
+
+
+def cancel(job_id, app=None) -> dict:
+    """Ask a queued or running job to stop: SIGTERM to the trainer's process group (the trainer
+    writes a resume checkpoint and exits 3); the runner then records `cancelled`."""
+    conn = _db(app)
+    try:
+        reconcile(conn)
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobError(f"no job {job_id}", 404, "not_found")
+        if row["status"] not in ACTIVE:
+            raise JobError(f"job {job_id} is already {row['status']}", 409, "not_running")
+        conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        if row["pid"]:
+            signal_group(row["pid"], signal.SIGTERM)
+        return job_dict(conn, conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+    finally:
+        conn.close()

@@ -1,0 +1,169 @@
+"""The model store: `<instance>/models/<version id>/` holds one model folder per trained version
+(weights, card with its evaluation report, gallery), and `<instance>/models/active` names the
+version every worker serves. The shipped model (MODEL_DIR) is the version "shipped" and is always
+listed. Folders and the pointer are written atomically (temporary name, then rename/replace);
+changes of the pointer are serialised by a lock file so a promotion and a gate never interleave.
+"""
+
+import fcntl
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ml.modelfile import CARD_FILE, ModelFileError, load_model_dir, read_card, write_json_atomic
+
+SHIPPED = "shipped"
+POINTER_FILE = "active"
+VERSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class VersionError(Exception):
+    """A version that does not exist (status 404) or cannot be activated (status 409)."""
+
+    def __init__(self, message, status=404):
+        super().__init__(message)
+        self.status = status
+
+
+def card_accuracy(card: dict):
+    return (card.get("evaluation") or {}).get("accuracy")
+
+
+class ModelStore:
+    def __init__(self, root, shipped_dir):
+        self.root = Path(root)
+        self.shipped_dir = Path(shipped_dir)
+        self.pointer = self.root / POINTER_FILE
+
+    def path(self, version_id: str) -> Path:
+        if version_id == SHIPPED:
+            return self.shipped_dir
+        if not VERSION_ID.match(version_id or "") or version_id == POINTER_FILE:
+            raise VersionError(f"no version {version_id!r}")
+        path = self.root / version_id
+        if not (path / CARD_FILE).is_file():
+            raise VersionError(f"no version {version_id!r}")
+        return path
+
+    def active_id(self) -> str:
+        try:
+            version_id = self.pointer.read_text().strip()
+        except FileNotFoundError:
+            return SHIPPED
+        return version_id or SHIPPED
+
+    def stored_ids(self) -> list:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and VERSION_ID.match(p.name) and (p / CARD_FILE).is_file())
+
+    def describe(self, version_id: str, active_id: str = None) -> dict:
+        path = self.path(version_id)
+        try:
+            card = read_card(path)
+        except ModelFileError as error:
+            card = {"error": str(error)}
+        evaluation = card.get("evaluation") or {}
+        return {
+            "id": version_id, "version": card.get("version", version_id), "name": card.get("name"),
+            "path": str(path), "created": card.get("created"), "shipped": version_id == SHIPPED,
+            "job": card.get("job"), "active": version_id == (active_id or self.active_id()),
+            "metrics": {"accuracy": evaluation.get("accuracy"), "loss": evaluation.get("loss"),
+                        "split": evaluation.get("split"), "images": evaluation.get("images")},
+            "error": card.get("error"),
+        }
+
+    def list(self) -> list:
+        """Every version, newest first, the shipped one last."""
+        active = self.active_id()
+        stored = [self.describe(v, active) for v in self.stored_ids()]
+        stored.sort(key=lambda v: v["created"] or "", reverse=True)
+        return stored + [self.describe(SHIPPED, active)]
+
+    @contextmanager
+    def _locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def add(self, model_dir, job_id) -> str:
+        """Copy a finished model folder into the store as a new version; returns its id. The card's
+        version becomes the version id, so every prediction names the store version."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        card = read_card(model_dir)
+        version_id = f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-job{job_id}"
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{version_id}.tmp-"))
+        try:
+            shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+            card = dict(card, version=version_id, job=job_id, trained_version=card.get("version"))
+            write_json_atomic(staging / CARD_FILE, card)
+            os.chmod(staging, 0o755)
+            os.rename(staging, self.root / version_id)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return version_id
+
+    def activate(self, version_id: str) -> dict:
+        """Point every worker at `version_id` after checking that it loads (weights checksum
+        included); a damaged version is refused and the active one stays."""
+        path = self.path(version_id)
+        try:
+            load_model_dir(path)
+        except ModelFileError as error:
+            raise VersionError(f"version {version_id} is damaged and was not activated: {error}", 409)
+        with self._locked():
+            self._write_pointer(version_id)
+        return self.describe(version_id)
+
+    def _write_pointer(self, version_id: str):
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".active.")
+        with os.fdopen(fd, "w") as f:
+            f.write(version_id + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.pointer)
+
+    def gate(self, version_id: str, margin: float) -> dict:
+        """Promotion gate: activate the new version only if its validation accuracy is at least the
+        active version's minus `margin`; otherwise it waits for a manual promotion."""
+        new_acc = card_accuracy(read_card(self.path(version_id)))
+        with self._locked():
+            active = self.active_id()
+            try:
+                active_acc = card_accuracy(read_card(self.path(active)))
+            except (VersionError, ModelFileError):
+                active_acc = None
+            passed = new_acc is not None and (active_acc is None or new_acc >= active_acc - margin)
+            decision = {"version": version_id, "accuracy": new_acc, "active_before": active,
+                        "active_accuracy": active_acc, "margin": margin, "promoted": False}
+            if passed:
+                try:
+                    load_model_dir(self.path(version_id))
+                except ModelFileError as error:
+                    return dict(decision, reason=f"damaged: {error}")
+                self._write_pointer(version_id)
+            decision["promoted"] = passed
+            decision["reason"] = "passed the gate" if passed else "below the active version's accuracy minus margin"
+        return decision
+
+
+def store(app=None) -> ModelStore:
+    from flask import current_app
+    app = app or current_app
+    return ModelStore(Path(app.instance_path) / "models", app.config["MODEL_DIR"])
+
+
+def list_versions(app=None) -> list:
+    """[{id, version, name, path, created, shipped, job, active, metrics {accuracy, ...}}]"""
+    return store(app).list()
