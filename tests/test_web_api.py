@@ -1,0 +1,366 @@
+"""JSON API through the Flask test client: shapes, every refusal, agreement with `python -m ml.predict`,
+the OpenAPI document, readiness, security headers and cookie flags."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from openapi_core import OpenAPI
+from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
+
+from conftest import PROJECT_ROOT, image_bytes
+from web_samples import (bad_files, encode, exif_rotated_jpeg, good_files, halves, noise_image,
+                         upright_of_exif_rotated)
+
+GOOD, BAD = good_files(), bad_files()
+SPEC = json.loads((PROJECT_ROOT / "webapp" / "openapi.json").read_text())
+OPENAPI = OpenAPI.from_dict(SPEC)
+SECURITY_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy")
+
+
+class AnsweredRequest(WerkzeugOpenAPIRequest):
+    """The request as openapi-core needs it to check the response: its method and path (the body
+    was consumed by the app)."""
+
+    @property
+    def body(self):
+        return None
+
+
+def conforms(response):
+    """Validate a real response against the OpenAPI document (raises on any mismatch)."""
+    OPENAPI.validate_response(AnsweredRequest(response.request), WerkzeugOpenAPIResponse(response))
+    return response
+
+
+def post_images(client, files, field="image", url="/api/v1/predict"):
+    return client.post(url, data={field: [(io.BytesIO(data), name) for name, data in files]},
+                       content_type="multipart/form-data")
+
+
+def assert_error(response, status, code, documented=True):
+    assert response.status_code == status, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == code and error["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    if documented:
+        conforms(response)
+    return error
+
+
+def assert_prediction(prediction, classes):
+    assert prediction["label"] == prediction["top"][0]["label"]
+    assert prediction["confidence"] == prediction["top"][0]["probability"]
+    assert len(prediction["top"]) == 5
+    assert [t["label"] for t in prediction["top"]] != [] and {t["label"] for t in prediction["top"]} <= set(classes)
+    probabilities = [t["probability"] for t in prediction["top"]]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+
+
+@pytest.fixture
+def predictor(app):
+    from webapp.serving import current_predictor
+    with app.app_context():
+        return current_predictor()
+
+
+@pytest.fixture
+def spy_predict(predictor, monkeypatch):
+    """Counts forward passes, to show that a refused request predicts nothing."""
+    calls = []
+    original = predictor.predict_arrays
+
+    def counting(arrays):
+        calls.append(len(arrays))
+        return original(arrays)
+    monkeypatch.setattr(predictor, "predict_arrays", counting)
+    return calls
+
+
+def run_ml_predict(model_dir, paths):
+    out = subprocess.run([sys.executable, "-m", "ml.predict", "--model", str(model_dir), *map(str, paths)],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def assert_same_prediction(api, cli):
+    assert api["label"] == cli["label"]
+    assert [t["label"] for t in api["top"]] == [t["label"] for t in cli["top"]]
+    assert np.allclose([t["probability"] for t in api["top"]], [t["probability"] for t in cli["top"]], atol=1e-5)
+
+
+# --- predictions -----------------------------------------------------------------------------
+
+def test_predict_several_images_in_upload_order_in_one_batch(client, predictor, spy_predict):
+    files = [GOOD["jpeg"], GOOD["rgba png"], GOOD["animated gif"]]
+    response = conforms(post_images(client, files))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["model"] == {"name": predictor.name, "version": predictor.version}
+    assert [p["filename"] for p in body["predictions"]] == ["photo.jpg", "alpha.png", "animated.gif"]
+    for prediction in body["predictions"]:
+        assert_prediction(prediction, predictor.classes)
+    assert spy_predict == [3]  # one forward pass for the whole request
+
+
+@pytest.mark.parametrize("kind", sorted(GOOD))
+def test_every_accepted_kind_of_photo_is_classified(client, predictor, kind):
+    response = conforms(post_images(client, [GOOD[kind]]))
+    assert response.status_code == 200
+    assert_prediction(response.get_json()["predictions"][0], predictor.classes)
+
+
+def test_raw_image_body(client, predictor):
+    response = conforms(client.post("/api/v1/predict?filename=cam.jpg", data=GOOD["jpeg"][1],
+                                    content_type="image/jpeg"))
+    assert response.status_code == 200
+    assert response.get_json()["predictions"][0]["filename"] == "cam.jpg"
+    unnamed = client.post("/api/v1/predict", data=GOOD["jpeg"][1], content_type="image/jpeg")
+    assert unnamed.get_json()["predictions"][0]["filename"] == "image"
+    assert unnamed.get_json()["predictions"][0]["top"] == response.get_json()["predictions"][0]["top"]
+
+
+def test_client_paths_are_reduced_to_a_file_name(client):
+    response = post_images(client, [("C:\\Users\\me\\Pictures\\cat.jpg", GOOD["jpeg"][1])])
+    assert response.get_json()["predictions"][0]["filename"] == "cat.jpg"
+
+
+def test_exif_orientation_is_honoured(client, predictor):
+    rotated, upright = predictor.decode(exif_rotated_jpeg()), predictor.decode(upright_of_exif_rotated())
+    assert np.array_equal(rotated, upright)
+    assert rotated[2, 16].argmax() == 0 and rotated[29, 16].argmax() == 2  # red on top, blue below
+    sideways = predictor.decode(encode(halves(), "JPEG", quality=95))
+    assert sideways[16, 2].argmax() == 0 and sideways[16, 29].argmax() == 2  # no EXIF: red left
+    answers = post_images(client, [("rotated.jpg", exif_rotated_jpeg()), ("upright.jpg", upright_of_exif_rotated())])
+    first, second = answers.get_json()["predictions"]
+    assert first["top"] == second["top"]
+
+
+def test_api_agrees_with_ml_predict(client, tiny_model_dir, tmp_path):
+    names = ["jpeg", "jpeg named png", "cmyk jpeg", "palette png with transparency", "exif rotated", "16-bit png"]
+    paths = []
+    for name in names:
+        filename, data = GOOD[name]
+        paths.append(tmp_path / filename)
+        paths[-1].write_bytes(data)
+    cli = run_ml_predict(tiny_model_dir, paths)
+    api = post_images(client, [GOOD[name] for name in names]).get_json()["predictions"]
+    for api_prediction, cli_prediction in zip(api, cli, strict=True):
+        assert_same_prediction(api_prediction, cli_prediction)
+
+
+def test_shipped_model_agrees_with_ml_predict_on_a_real_photo(real_data_dir, shipped_model_dir, tmp_path):
+    from webapp import create_app
+    photos = [sorted((real_data_dir / "train" / cls).glob("*.jpg"))[0] for cls in ("cat", "ship", "truck")]
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance"),
+                      "MODEL_DIR": str(shipped_model_dir)})
+    response = post_images(app.test_client(), [(p.name, p.read_bytes()) for p in photos])
+    assert response.get_json()["model"]["version"] == json.loads((shipped_model_dir / "card.json").read_text())["version"]
+    for api_prediction, cli_prediction in zip(response.get_json()["predictions"],
+                                              run_ml_predict(shipped_model_dir, photos), strict=True):
+        assert_same_prediction(api_prediction, cli_prediction)
+
+
+# --- refusals --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_bad_files_are_refused_with_the_right_status(client, spy_predict, kind):
+    filename, data, status, code = BAD[kind]
+    error = assert_error(post_images(client, [(filename, data)]), status, code)
+    assert error["filename"] == filename and filename in error["message"]
+    assert spy_predict == []
+
+
+@pytest.mark.parametrize("kind", ["text renamed .jpg", "svg with script", "png claiming 20000x20000", "empty"])
+def test_bad_raw_bodies_are_refused(client, kind):
+    filename, data, status, code = BAD[kind]
+    response = client.post("/api/v1/predict", data=data, content_type="image/jpeg")
+    if not data:  # an empty body is no file at all
+        status, code = 400, "no_file"
+    assert_error(response, status, code)
+
+
+def test_one_bad_file_refuses_the_whole_request_naming_it(client, spy_predict):
+    files = [GOOD["jpeg"], BAD["truncated jpeg"][:2], GOOD["rgba png"], BAD["text renamed .jpg"][:2]]
+    error = assert_error(post_images(client, files), 400, "corrupt_image")
+    assert error["filename"] == "cut.jpg" and "cut.jpg" in error["message"]
+    assert spy_predict == []
+
+
+@pytest.mark.parametrize("request_args", [
+    {},
+    {"data": {}, "content_type": "multipart/form-data"},
+    {"data": {"image": (io.BytesIO(b""), "")}, "content_type": "multipart/form-data"},  # form sent with no file
+    {"data": {"photo": (io.BytesIO(image_bytes()), "a.jpg")}, "content_type": "multipart/form-data"},
+    {"data": {"image": "not a file"}},
+])
+def test_no_file_is_400(client, request_args):
+    assert_error(client.post("/api/v1/predict", **request_args), 400, "no_file")
+
+
+def test_too_many_files_is_413_before_any_decoding(client, spy_predict, monkeypatch, predictor):
+    decoded = []
+    monkeypatch.setattr(predictor, "decode", lambda data: decoded.append(data))
+    files = [(f"p{i}.png", image_bytes("PNG", (8, 8))) for i in range(20)]
+    error = assert_error(post_images(client, files), 413, "too_many_files")
+    assert "16" in error["message"]
+    assert decoded == [] and spy_predict == []
+
+
+def test_max_files_setting(tmp_path, tiny_model_dir):
+    from webapp import create_app
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "i"), "MODEL_DIR": str(tiny_model_dir),
+                      "MAX_FILES": 2})
+    assert post_images(app.test_client(), [GOOD["jpeg"]] * 2).status_code == 200
+    assert_error(post_images(app.test_client(), [GOOD["jpeg"]] * 3), 413, "too_many_files")
+
+
+@pytest.fixture
+def small_limits_client(tmp_path, tiny_model_dir):
+    from webapp import create_app
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "i"), "MODEL_DIR": str(tiny_model_dir),
+                      "MAX_UPLOAD_MB": 1, "MAX_PIXELS": 1_000_000})
+    return app.test_client()
+
+
+def test_body_over_max_upload_mb_is_413(small_limits_client):
+    big = encode(noise_image((800, 800)), "PNG")  # about 1.9 MB of incompressible pixels
+    assert len(big) > 1024 * 1024
+    error = assert_error(post_images(small_limits_client, [("big.png", big)]), 413, "payload_too_large")
+    assert "1 MB" in error["message"]
+    assert_error(small_limits_client.post("/api/v1/predict", data=big, content_type="image/png"),
+                 413, "payload_too_large")
+    assert_error(small_limits_client.post("/predictions/test-airnet", data=big, content_type="image/png"),
+                 413, "payload_too_large")
+
+
+def test_default_upload_limit_is_10_mb(client):
+    assert_error(client.post("/api/v1/predict", data=bytes(10 * 1024 * 1024 + 1), content_type="image/jpeg"),
+                 413, "payload_too_large")
+
+
+def test_max_pixels_setting_refuses_from_the_header(small_limits_client):
+    error = assert_error(post_images(small_limits_client, [GOOD["4032x3024 photo"]]), 413, "image_too_large")
+    assert "4032x3024" in error["message"]
+
+
+def test_unexpected_failure_is_a_json_500_without_details(client, predictor, monkeypatch):
+    def explode(arrays):
+        raise RuntimeError("secret internals")
+    monkeypatch.setattr(predictor, "predict_arrays", explode)
+    response = post_images(client, [GOOD["jpeg"]])
+    error = assert_error(response, 500, "internal_error")
+    assert "secret internals" not in error["message"]
+
+
+# --- TorchServe compatibility ----------------------------------------------------------------
+
+def test_torchserve_raw_body_and_data_field(client, predictor):
+    url = f"/predictions/{predictor.name}"
+    raw = conforms(client.post(url, data=GOOD["jpeg"][1], content_type="application/octet-stream"))
+    assert raw.status_code == 200
+    scores = raw.get_json()
+    assert len(scores) == 5 and set(scores) <= set(predictor.classes)
+    assert list(scores.values()) == sorted(scores.values(), reverse=True)  # best first, as TorchServe
+    api = post_images(client, [GOOD["jpeg"]]).get_json()["predictions"][0]
+    assert scores == {t["label"]: t["probability"] for t in api["top"]}
+    form = conforms(post_images(client, [GOOD["jpeg"]], field="data", url=url))
+    assert form.status_code == 200 and form.get_json() == scores
+
+
+def test_torchserve_errors(client, predictor):
+    assert_error(client.post("/predictions/resnet-18", data=GOOD["jpeg"][1]), 404, "model_not_found")
+    url = f"/predictions/{predictor.name}"
+    assert_error(client.post(url, data=BAD["svg with script"][1], content_type="image/svg+xml"),
+                 415, "unsupported_media_type")
+    assert_error(client.post(url), 400, "no_file")
+    assert_error(post_images(client, [GOOD["jpeg"]] * 2, field="data", url=url), 413, "too_many_files")
+
+
+# --- model, health, readiness, OpenAPI -------------------------------------------------------
+
+def test_model_endpoint(client, tiny_model_dir, predictor):
+    response = conforms(client.get("/api/v1/model"))
+    body = response.get_json()
+    card = json.loads((tiny_model_dir / "card.json").read_text())
+    assert body["name"] == card["name"] and body["version"] == card["version"]
+    assert body["classes"] == predictor.classes and body["card"]["arch"] == card["arch"]
+
+
+def test_model_endpoint_gives_the_shipped_evaluation_report(shipped_model_dir, tmp_path):
+    from webapp import create_app
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "i"), "MODEL_DIR": str(shipped_model_dir)})
+    body = conforms(app.test_client().get("/api/v1/model")).get_json()
+    card = json.loads((shipped_model_dir / "card.json").read_text())
+    assert body["evaluation"] == card["evaluation"] and "evaluation" not in body["card"]
+    assert body["card"]["weights_sha256"] == card["weights_sha256"]
+
+
+def test_health_and_readiness(app, client, predictor):
+    assert conforms(client.get("/healthz")).get_json() == {"status": "ok"}
+    app.extensions.pop("model_ready", None)
+    assert conforms(client.get("/readyz")).status_code == 503
+    assert conforms(client.get("/ping")).status_code == 503
+    from webapp.api import warm_up
+    warm_up(app)
+    ready = conforms(client.get("/readyz"))
+    assert ready.status_code == 200
+    assert ready.get_json()["model"] == {"name": predictor.name, "version": predictor.version}
+    assert conforms(client.get("/ping")).get_json() == {"status": "Healthy"}
+
+
+def test_openapi_document_is_served_and_valid(client):
+    response = conforms(client.get("/api/openapi.json"))
+    assert response.get_json() == SPEC
+    assert {"/api/v1/predict", "/predictions/{model_name}", "/api/v1/model", "/healthz", "/readyz"} <= set(SPEC["paths"])
+
+
+def test_openapi_validation_catches_a_wrong_shape(client):
+    response = post_images(client, [GOOD["jpeg"]])
+    response.set_data(json.dumps({"model": {"name": "x"}, "predictions": []}))
+    with pytest.raises(Exception):
+        conforms(response)
+
+
+# --- HTTP errors, headers, cookies -----------------------------------------------------------
+
+def test_unknown_api_path_and_wrong_method_answer_json(client):
+    assert_error(client.get("/api/v1/nothing"), 404, "not_found", documented=False)
+    response = client.get("/api/v1/predict")
+    assert_error(response, 405, "method_not_allowed", documented=False)
+    assert "POST" in response.headers["Allow"]
+    assert client.post("/api/v1/predict", data=GOOD["jpeg"][1], content_type="image/jpeg").headers.get(
+        "Set-Cookie") is None  # the API is stateless
+
+
+@pytest.mark.parametrize("method,url", [
+    ("get", "/"), ("get", "/healthz"), ("get", "/api/v1/model"), ("get", "/static/upload.js"),
+    ("get", "/no-such-page"), ("get", "/api/no-such-thing"), ("post", "/api/v1/predict"), ("delete", "/"),
+])
+def test_security_headers_on_every_response(client, method, url):
+    response = getattr(client, method)(url)
+    for header in SECURITY_HEADERS:
+        assert response.headers.get(header), f"{header} missing on {method} {url}"
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp and "*" not in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def session_cookie(response):
+    cookies = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("session=")]
+    assert cookies, "the page sets a session cookie for its CSRF token"
+    return cookies[0]
+
+
+def test_session_cookie_flags(client, tmp_path, tiny_model_dir):
+    cookie = session_cookie(client.get("/"))
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    from webapp import create_app
+    https = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "i"), "MODEL_DIR": str(tiny_model_dir),
+                        "SESSION_COOKIE_SECURE": True})
+    assert "Secure" in session_cookie(https.test_client().get("/"))
