@@ -226,16 +226,19 @@ def test_card_without_optional_parts_renders(tmp_path, tiny_model_dir):
 
 def test_malformed_card_parts_are_not_recorded_not_errors(tmp_path):
     evaluation = dict(full_card_parts()["evaluation"], confusion_matrix=[[1, 2], [3]], calibration_bins="x",
-                      misclassified=[{"image": 5}], per_class_accuracy={"cat": "high"})
+                      misclassified=[{"image": 5}], per_class_accuracy={"cat": None, "dog": 0.5})
     model_dir = make_full_model_dir(tmp_path / "odd", history="none", evaluation=evaluation, data=None,
                                     hyperparameters=[1, 2])
     response = make_client(tmp_path, model_dir).get("/dashboard")
     assert response.status_code == 200
     html = response.get_data(as_text=True)
-    assert "87.7%" in section(html, "summary")
+    summary = section(html, "summary")
+    assert "87.7%" in summary  # what the card does hold is shown, e.g. per-class accuracy ("—" for none)
+    assert '<th scope="row">cat</th><td class="num">—</td><td class="num">—</td>' in summary
+    assert '<th scope="row">dog</th><td class="num">—</td><td class="num">50.0%</td>' in summary
     for part in ("confusion", "history", "calibration", "misclassified"):
         assert "not recorded for this model" in section(html, part), part
-    assert "<svg" not in html
+    assert html.count("<svg") == 1  # only the per-class accuracy chart
 
 
 def test_unreadable_card_says_so(tmp_path):
@@ -352,6 +355,7 @@ def test_reliability_diagram_skips_empty_bins():
     bins = full_card_parts()["evaluation"]["calibration_bins"]
     chart = charts.reliability_diagram(bins, chart_id="r", title="t")
     assert chart.count('<g class="bin">') == 4 and "stroke-dasharray" in chart
+    assert chart.count('stroke="#d9480f" stroke-width="3"/></g>') == 4  # a mean-confidence line per bin
     assert "accuracy 74.0%, mean confidence 70.0%" in chart
     assert_well_formed(chart)
 

@@ -206,9 +206,9 @@ def bar_chart(categories, series, *, chart_id, title, value_label,
 
 
 def reliability_diagram(bins, *, chart_id, title) -> Markup:
-    """Accuracy per confidence bin as bars against the diagonal of perfect calibration; the red
-    band on each bar is the gap to the bin's mean confidence. `bins`: [{low, high, count,
-    accuracy, confidence}], empty bins have count 0."""
+    """Accuracy per confidence bin as bars, the bin's mean confidence as a line across it, and the
+    diagonal of perfect calibration. `bins`: [{low, high, count, accuracy, confidence}]; empty
+    bins (count 0) draw nothing."""
     left, top, size, bottom = 56, 36, 300, 48
 
     def px(v):
@@ -225,17 +225,17 @@ def reliability_diagram(bins, *, chart_id, title) -> Markup:
                                                b.get("low"), b.get("high")])) < 4:
             continue
         acc, conf, x, w = b["accuracy"], b["confidence"], px(b["low"]), px(b["high"]) - px(b["low"])
-        gap_top, gap_bottom = py(max(acc, conf)), py(min(acc, conf))
         body.append(f'<g class="bin"><title>Confidence {b["low"]:.2f} to {b["high"]:.2f}: {b["count"]} images, '
                     f'accuracy {acc:.1%}, mean confidence {conf:.1%}</title>'
                     f'<rect x="{_f(x)}" y="{_f(py(acc))}" width="{_f(w)}" height="{_f(px(acc) - left)}" '
-                    f'fill="{PALETTE[0]}" stroke="#ffffff"/>'
-                    f'<rect x="{_f(x)}" y="{_f(gap_top)}" width="{_f(w)}" height="{_f(gap_bottom - gap_top)}" '
-                    f'fill="{PALETTE[1]}" fill-opacity="0.35" stroke="{PALETTE[1]}" stroke-width="0.5"/></g>')
+                    f'fill="{PALETTE[0]}" fill-opacity="0.8" stroke="#ffffff"/>'
+                    f'<line x1="{_f(x)}" y1="{_f(py(conf))}" x2="{_f(x + w)}" y2="{_f(py(conf))}" '
+                    f'stroke="{PALETTE[1]}" stroke-width="3"/></g>')
     body.append(f'<line x1="{_f(px(0))}" y1="{_f(py(0))}" x2="{_f(px(1))}" y2="{_f(py(1))}" stroke="{INK}" '
                 'stroke-width="1.5" stroke-dasharray="5 4"/>')
-    body.extend(_legend(left, 16, [("Accuracy", PALETTE[0], False), ("Gap", PALETTE[1], False),
-                                   ("Perfect", INK, True)]))
-    desc = ("Validation accuracy of the images in each confidence bin, against the diagonal where "
-            "accuracy equals confidence; bars below the diagonal mean over-confidence.")
+    body.extend(_legend(left - 40, 16, [("Accuracy", PALETTE[0], False), ("Confidence", PALETTE[1], False),
+                                        ("Perfect", INK, True)]))
+    desc = ("Validation accuracy of the images in each confidence bin as bars, their mean confidence as a "
+            "line across each bar, and the diagonal where accuracy equals confidence; bars below their "
+            "line mean over-confidence.")
     return _svg(chart_id, left + size + 24, top + size + bottom, title, desc, body)

@@ -111,7 +111,7 @@ def index():
 
 def dashboard_view(card: dict, model: ModelVersion) -> dict:
     """Everything the page shows, one entry per section; None for a part the card lacks."""
-    builders = {"summary": summary, "per_class": per_class, "confusion": confusion, "history": history,
+    builders = {"identity": identity, "summary": summary, "per_class": per_class, "confusion": confusion, "history": history,
                 "calibration": calibration, "misclassified": misclassified, "dataset": dataset,
                 "samples": samples, "facts": facts, "hyperparameters": hyperparameters}
     return {name: _section(name, builder, card, model) for name, builder in builders.items()}
@@ -159,6 +159,10 @@ def duration(seconds) -> str:
 
 # -- sections -----------------------------------------------------------------------------------
 
+def identity(card, model):
+    return {"name": str(card.get("name") or model.id), "version": str(card.get("version") or model.id)}
+
+
 def summary(card, model):
     report = card["evaluation"]
     tta = report.get("tta", card.get("tta"))
@@ -173,7 +177,7 @@ def per_class(card, model):
     classes = [c for c in card["classes"] if c in accuracy]
     if not classes:
         return None
-    chart = charts.bar_chart(classes, [("Accuracy", [float(accuracy[c]) for c in classes])],
+    chart = charts.bar_chart(classes, [("Accuracy", [accuracy[c] for c in classes])],
                              chart_id="chart-per-class", title="Accuracy per class on the validation split",
                              value_label="Accuracy", value_max=1, value_format="{:.0%}")
     return {"chart": chart, "rows": [(c, accuracy[c], counts.get(c)) for c in classes]}
