@@ -51,10 +51,10 @@ def error_response(status: int, code: str, message: str, filename: str | None = 
     if wants_json():
         error = {"code": code, "message": message}
         if filename is not None:
-            error["filename"] = filename
+            error.update(message=f"{filename}: {message}", filename=filename)
         return jsonify(error=error), status
     return render_template("error.html", status=status, title=TITLES.get(status, TITLES[400]),
-                           message=message), status
+                           message=message, filename=filename), status
 
 
 def http_error_message(error: HTTPException) -> str:

@@ -19,7 +19,8 @@ MAX_FILENAME = 200
 
 
 class RequestError(Exception):
-    """A request that cannot be classified; answered as JSON or as a page by webapp.security."""
+    """A request that cannot be classified; answered as JSON or as a page by webapp.security.
+    `filename` names the refused file when the problem is one file of the request."""
 
     def __init__(self, status: int, code: str, message: str, filename: str | None = None):
         super().__init__(message)
@@ -73,7 +74,7 @@ def decode_all(predictor, files) -> list:
         try:
             arrays.append(predictor.decode(data))
         except ImageError as error:
-            raise RequestError(error.status, error.code, f"{filename}: {error}", filename) from None
+            raise RequestError(error.status, error.code, str(error), filename) from None
     return arrays
 
 
