@@ -41,7 +41,8 @@ def full_card_parts():
                  "eval_images": 555, "train_per_class": {c: 400 + 10 * i for i, c in enumerate(CLASSES)},
                  "eval_per_class": {c: 41 + 2 * i for i, c in enumerate(CLASSES)}, "val_size": 555,
                  "split_seed": 7},
-        "history": [{"type": "epoch", "epoch": e, "epochs": 3, "train_loss": 2.5 - 0.5 * e, "val_loss": 2.6 - 0.4 * e,
+        "history": [{"type": "epoch", "epoch": e, "epochs": 3,
+                     "train_loss": 2.5 - 0.5 * e, "val_loss": 2.6 - 0.4 * e,
                      "train_accuracy": 0.2 * e, "val_accuracy": 0.19 * e, "elapsed_s": 30.0 * e}
                     for e in (1, 2, 3)],
         "evaluation": {
@@ -55,7 +56,8 @@ def full_card_parts():
                 {"low": 0.6, "high": 0.8, "count": 150, "accuracy": 0.74, "confidence": 0.7},
                 {"low": 0.8, "high": 1.0, "count": 255, "accuracy": 0.93, "confidence": 0.9}],
             "misclassified": [
-                {"index": 5, "true": "cat", "predicted": "dog", "confidence": 0.912, "image": "gallery/misclassified-000.png"},
+                {"index": 5, "true": "cat", "predicted": "dog", "confidence": 0.912,
+                 "image": "gallery/misclassified-000.png"},
                 {"index": 9, "true": "ship", "predicted": "airplane", "confidence": 0.654,
                  "image": "gallery/misclassified-001.png"},
                 {"index": 11, "true": "frog", "predicted": "bird", "confidence": 0.5, "image": "../card.json"}],
@@ -260,7 +262,8 @@ def hostile_gallery(tmp_path):
     model_dir = make_full_model_dir(tmp_path / "hostile")
     (tmp_path / "secret.png").write_bytes(png())
     (model_dir / "gallery" / "link.png").symlink_to(tmp_path / "secret.png")
-    (model_dir / "gallery" / "evil.png").write_text("<svg xmlns='http://www.w3.org/2000/svg'><script>1</script></svg>")
+    (model_dir / "gallery" / "evil.png").write_text(
+        "<svg xmlns='http://www.w3.org/2000/svg'><script>1</script></svg>")
     (model_dir / "card.png").write_bytes(png())
     return model_dir
 

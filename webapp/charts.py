@@ -159,7 +159,8 @@ def _axes(left, top, plot_w, plot_h, y_ticks, x_ticks, x_label, y_label) -> list
              + _text(left - 6, y + 4, label, size=11, anchor="end", fill=MUTED) for y, label in y_ticks]
     parts += [f'<line x1="{_f(x)}" y1="{_f(base)}" x2="{_f(x)}" y2="{_f(base + 5)}" stroke="{MUTED}"/>'
               + _text(x, base + 18, label, size=11, fill=MUTED) for x, label in x_ticks]
-    parts.append(f'<line x1="{_f(left)}" y1="{_f(base)}" x2="{_f(left + plot_w)}" y2="{_f(base)}" stroke="{MUTED}"/>')
+    parts.append(f'<line x1="{_f(left)}" y1="{_f(base)}" x2="{_f(left + plot_w)}" y2="{_f(base)}" '
+                 f'stroke="{MUTED}"/>')
     parts.append(f'<line x1="{_f(left)}" y1="{_f(top)}" x2="{_f(left)}" y2="{_f(base)}" stroke="{MUTED}"/>')
     parts.append(_text(left + plot_w / 2, base + 38, x_label, size=13))
     mid = top + plot_h / 2

@@ -111,9 +111,9 @@ def index():
 
 def dashboard_view(card: dict, model: ModelVersion) -> dict:
     """Everything the page shows, one entry per section; None for a part the card lacks."""
-    builders = {"identity": identity, "summary": summary, "per_class": per_class, "confusion": confusion, "history": history,
-                "calibration": calibration, "misclassified": misclassified, "dataset": dataset,
-                "samples": samples, "facts": facts, "hyperparameters": hyperparameters}
+    builders = {"identity": identity, "summary": summary, "per_class": per_class, "confusion": confusion,
+                "history": history, "calibration": calibration, "misclassified": misclassified,
+                "dataset": dataset, "samples": samples, "facts": facts, "hyperparameters": hyperparameters}
     return {name: _section(name, builder, card, model) for name, builder in builders.items()}
 
 
@@ -229,7 +229,7 @@ def misclassified(card, model):
         found = match and gallery_file(model.path, match.group(1))
         url = url_for("dashboard.gallery", version=model.id, name=match.group(1)) if found else None
         items.append({"true": str(item["true"]), "predicted": str(item["predicted"]),
-                      "confidence": item.get("confidence"), "index": item.get("index"), "url": url})
+                      "confidence": item.get("confidence"), "url": url})
     return items or None
 
 
@@ -238,10 +238,10 @@ def dataset(card, model):
     train, held_out = data.get("train_per_class") or {}, data.get("eval_per_class") or {}
     classes = [c for c in card["classes"] if c in train or c in held_out]
     split = str(data.get("eval_split") or "validation")
-    chart = charts.bar_chart(
-        classes, [("Training", [train.get(c, 0) for c in classes]), (split.capitalize(), [held_out.get(c, 0)
-                                                                                         for c in classes])],
-        chart_id="chart-dataset", title="Images per class", value_label="Images") if classes else None
+    counts = [("Training", [train.get(c, 0) for c in classes]), (split.capitalize(), [held_out.get(c, 0)
+                                                                                      for c in classes])]
+    chart = charts.bar_chart(classes, counts, chart_id="chart-dataset", title="Images per class",
+                             value_label="Images") if classes else None
     return {"chart": chart, "split": split, "rows": [(c, train.get(c), held_out.get(c)) for c in classes],
             "train_images": data.get("train_images"), "eval_images": data.get("eval_images"),
             "source": data.get("source")}
@@ -255,8 +255,7 @@ def samples(card, model):
 
 def facts(card, model):
     """The model card as (term, value) pairs, only the parts the card records."""
-    arch, training = card.get("arch") or {}, card.get("training") or {}
-    data, versions = card.get("data") or {}, card.get("versions") or {}
+    arch = card.get("arch") or {}
     kwargs = ", ".join(f"{k}={v}" for k, v in (arch.get("kwargs") or {}).items())
     pairs = [
         ("Name", card.get("name")), ("Version", card.get("version")), ("Created", card.get("created")),
@@ -265,18 +264,24 @@ def facts(card, model):
         ("Classes", ", ".join(map(str, card.get("classes") or [])) or None),
         ("Input size", f"{card['input_size']} × {card['input_size']} pixels" if "input_size" in card else None),
         ("Test-time augmentation", f"level {card['tta']}" if "tta" in card else None),
+        *_training_facts(card.get("training") or {}),
+        ("Data source", (card.get("data") or {}).get("source")),
+        ("Split", _split_text(card["data"]) if card.get("data") else None),
+        ("Software", ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items()) or None),
+        ("Weights SHA-256", card.get("weights_sha256")),
+    ]
+    return [(term, str(value)) for term, value in pairs if value not in (None, "")]
+
+
+def _training_facts(training: dict) -> list:
+    return [
         ("Training time", duration(training["train_seconds"]) if "train_seconds" in training else None),
         ("Total time (with evaluation)", duration(training["total_seconds"]) if "total_seconds" in training
          else None),
         ("Device", training.get("device")), ("CPU", training.get("cpu")), ("Precision", training.get("precision")),
         ("Processes × threads", f"{training['world_size']} × {training.get('threads', '?')}"
          if "world_size" in training else None),
-        ("Data source", data.get("source")),
-        ("Split", _split_text(data) if data else None),
-        ("Software", ", ".join(f"{k} {v}" for k, v in versions.items()) or None),
-        ("Weights SHA-256", card.get("weights_sha256")),
     ]
-    return [(term, str(value)) for term, value in pairs if value not in (None, "")]
 
 
 def _split_text(data) -> str:
