@@ -135,7 +135,8 @@ class Runner:
         self.conn.execute("COMMIT")
 
     def conclude(self, returncode) -> int:
-        cancelled = self.term_sent_at is not None or returncode == EXIT_STOPPED
+        cancelled = (self.term_sent_at is not None or returncode == EXIT_STOPPED
+                     or bool(self.row()["cancel_requested"]))
         if returncode == 0 and not cancelled:
             return self.store_version()
         shutil.rmtree(self.job_dir / "model", ignore_errors=True)  # nothing loadable stays behind
