@@ -39,7 +39,10 @@
     image.width = 128;
     image.height = 128;
     const url = URL.createObjectURL(file);
-    image.addEventListener("load", () => URL.revokeObjectURL(url));
+    image.addEventListener("load", () => {
+      URL.revokeObjectURL(url);
+      if (image.naturalWidth < 128) image.classList.add("pixelated");  // tiny photos stay crisp
+    });
     image.addEventListener("error", () => { URL.revokeObjectURL(url); image.classList.add("broken"); });
     image.src = url;
     const body = element("div", "card-body");

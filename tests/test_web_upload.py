@@ -50,7 +50,7 @@ def test_page_has_an_accessible_form_that_works_without_javascript(client, app):
     file_input = re.search(r'<input id="image-input"[^>]*>', page, re.S).group(0)
     assert 'type="file"' in file_input and 'name="image"' in file_input and "multiple" in file_input
     assert '<label class="file-label" for="image-input">' in page
-    assert '<button class="button" type="submit">Classify</button>' in page
+    assert '<button id="classify-button" class="button" type="submit">Classify</button>' in page
     assert 'aria-live="polite"' in page and 'role="alert"' in page
     assert '<html lang="en">' in page and 'name="viewport"' in page
 
