@@ -55,7 +55,7 @@
       svg.appendChild(el("line", {x1: L, y1: py(yv), x2: W - R, y2: py(yv), "class": "grid"}));
       svg.appendChild(el("text", {x: L - 6, y: py(yv) + 4, "text-anchor": "end", "class": "tick"}, yv.toFixed(2)));
       svg.appendChild(el("text", {x: px(xv), y: H - B + 16, "text-anchor": "middle", "class": "tick"},
-        String(Math.round(xv * 10) / 10)));
+        String(x1 - x0 >= 8 ? Math.round(xv) : Math.round(xv * 10) / 10)));
     }
     svg.appendChild(el("text", {x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle", "class": "label"}, xLabel));
     series.forEach(function (s) {

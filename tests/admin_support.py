@@ -10,6 +10,7 @@ from PIL import Image
 PASSWORD = "correct horse battery staple"
 TOKEN = "test-token-0123456789abcdef"
 TINY_JOB = {"preset": "seed", "epochs": 1, "limit": 300, "batch_size": 50}
+LONG_JOB = {"preset": "seed", "epochs": 300, "limit": 300, "batch_size": 50}  # cancelled or killed
 
 
 def write_dataset(root, train_per_class=30, test_per_class=8, seed=0):

@@ -7,12 +7,10 @@ import time
 
 import pytest
 
-from admin_support import TINY_JOB, admin_config, auth_headers, csrf_token, login, wait_for, write_dataset
+from admin_support import LONG_JOB, TINY_JOB, admin_config, auth_headers, csrf_token, login, wait_for, write_dataset
 from conftest import image_bytes
 from ml.predict import Predictor
 from webapp import create_app, jobs
-
-LONG_JOB = {"preset": "seed", "epochs": 300, "limit": 300, "batch_size": 50}
 
 
 @pytest.fixture(scope="module")
