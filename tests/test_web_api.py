@@ -128,6 +128,17 @@ def test_client_paths_are_reduced_to_a_file_name(client):
     assert response.get_json()["predictions"][0]["filename"] == "cat.jpg"
 
 
+def test_uploads_stay_in_memory(client, monkeypatch):
+    import werkzeug.formparser
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("an upload was spooled to a temporary file")
+    monkeypatch.setattr(werkzeug.formparser, "SpooledTemporaryFile", no_disk)
+    big = encode(noise_image((600, 600)), "PNG")  # over werkzeug's 500 kB in-memory threshold
+    assert len(big) > 600_000
+    assert post_images(client, [("big.png", big)]).status_code == 200
+
+
 def test_exif_orientation_is_honoured(client, predictor):
     rotated, upright = predictor.decode(exif_rotated_jpeg()), predictor.decode(upright_of_exif_rotated())
     assert np.array_equal(rotated, upright)
@@ -235,6 +246,19 @@ def test_body_over_max_upload_mb_is_413(small_limits_client):
                  413, "payload_too_large")
     assert_error(small_limits_client.post("/predictions/test-airnet", data=big, content_type="image/png"),
                  413, "payload_too_large")
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "multipart/form-data; boundary=x"])
+def test_streamed_body_over_the_limit_is_413_not_truncated(small_limits_client, content_type):
+    """A chunked body has no Content-Length: it must be refused, not cut at the limit and decoded."""
+    big = encode(noise_image((800, 800)), "PNG")
+    if content_type.startswith("multipart"):
+        big = (b'--x\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n\r\n'
+               + big + b"\r\n--x--\r\n")
+    response = small_limits_client.post("/api/v1/predict", input_stream=io.BytesIO(big), content_type=content_type,
+                                        environ_overrides={"wsgi.input_terminated": True,
+                                                           "HTTP_TRANSFER_ENCODING": "chunked"})
+    assert_error(response, 413, "payload_too_large")
 
 
 def test_default_upload_limit_is_10_mb(client):

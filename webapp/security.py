@@ -60,7 +60,7 @@ def error_response(status: int, code: str, message: str, filename: str | None = 
 def http_error_message(error: HTTPException) -> str:
     if error.code == 413:
         return (f"the request is larger than the upload limit of "
-                f"{current_app.config['MAX_UPLOAD_MB']} MB")
+                f"{float(current_app.config['MAX_UPLOAD_MB']):g} MB")
     if isinstance(error, CSRFError):
         return "the form expired or did not come from this site: reload the page and try again"
     return error.description or error.name

@@ -9,6 +9,7 @@ import io
 import posixpath
 
 from flask import Request, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ml.images import ImageError
 from webapp.serving import current_predictor
@@ -45,15 +46,23 @@ def clean_filename(name: str | None) -> str:
     return name[:MAX_FILENAME] or RAW_BODY_NAME
 
 
+def form_files(fields) -> list:
+    parts = [(part.filename, part.read()) for field in fields for part in request.files.getlist(field)]
+    # a form submitted with no file chosen sends one empty part with an empty filename
+    return [(clean_filename(name), data) for name, data in parts if name or data]
+
+
+def body_file() -> list:
+    body = request.get_data(cache=False)
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(body) >= limit:
+        raise RequestEntityTooLarge()  # werkzeug cuts a chunked body at the limit instead of refusing it
+    return [(clean_filename(request.args.get("filename")), body)] if body else []
+
+
 def collect_files(fields) -> list:
     """[(filename, bytes)] from the multipart `fields`, or the raw body as one file."""
-    if request.mimetype in FORM_TYPES:
-        parts = [(part.filename, part.read()) for field in fields for part in request.files.getlist(field)]
-        # a form submitted with no file chosen sends one empty part with an empty filename
-        files = [(clean_filename(name), data) for name, data in parts if name or data]
-    else:
-        body = request.get_data(cache=False)
-        files = [(clean_filename(request.args.get("filename")), body)] if body else []
+    files = form_files(fields) if request.mimetype in FORM_TYPES else body_file()
     if not files:
         names = " or ".join(f"'{field}'" for field in fields)
         raise RequestError(400, "no_file", f"no image was sent: attach one or more files in the field {names}, "
