@@ -3,8 +3,6 @@ the OpenAPI document, readiness, security headers and cookie flags."""
 
 import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from openapi_core import OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
 
 from conftest import PROJECT_ROOT, image_bytes
-from web_samples import (bad_files, encode, exif_rotated_jpeg, good_files, halves, noise_image,
+from web_samples import (bad_files, encode, exif_rotated_jpeg, good_files, halves, noise_image, run_ml_predict,
                          upright_of_exif_rotated)
 
 GOOD, BAD = good_files(), bad_files()
@@ -78,12 +76,6 @@ def spy_predict(predictor, monkeypatch):
         return original(arrays)
     monkeypatch.setattr(predictor, "predict_arrays", counting)
     return calls
-
-
-def run_ml_predict(model_dir, paths):
-    out = subprocess.run([sys.executable, "-m", "ml.predict", "--model", str(model_dir), *map(str, paths)],
-                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=True)
-    return [json.loads(line) for line in out.stdout.splitlines()]
 
 
 def assert_same_prediction(api, cli):

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import image_bytes
-from test_web_api import run_ml_predict
-from web_samples import bad_files, encode, good_files, noise_image
+from web_samples import bad_files, encode, good_files, noise_image, run_ml_predict
 
 GOOD, BAD = good_files(), bad_files()
 CARD = re.compile(r'<article class="card">(.*?)</article>', re.S)

@@ -1,14 +1,27 @@
-"""Photos and hostile files for the web tests, built with Pillow and the standard library."""
+"""Photos and hostile files for the web tests, built with Pillow and the standard library, and
+the command-line predictor they are compared with."""
 
 import io
+import json
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 JPEG_EXIF_ORIENTATION = 0x0112
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_ml_predict(model_dir, paths) -> list:
+    """What `python -m ml.predict` says about the files at `paths`, one dict per file."""
+    out = subprocess.run([sys.executable, "-m", "ml.predict", "--model", str(model_dir), *map(str, paths)],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=True)
+    return [json.loads(line) for line in out.stdout.splitlines()]
 
 
 def encode(image: Image.Image, fmt: str, **save_args) -> bytes:
