@@ -70,20 +70,26 @@ def init_app(app):
 
 
 def _stored(name) -> str:
-    return (Path(current_app.instance_path) / name).read_text().strip()
+    """The stored hash; empty when the file is gone (then nothing matches until a restart
+    generates a new secret)."""
+    try:
+        return (Path(current_app.instance_path) / name).read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def check_password(password: str) -> bool:
     configured = current_app.config.get("ADMIN_PASSWORD")
     if configured:
         return hmac.compare_digest(_sha256(password), _sha256(configured))
-    return check_password_hash(_stored(PASSWORD_FILE), password)
+    stored = _stored(PASSWORD_FILE)
+    return bool(stored) and check_password_hash(stored, password)
 
 
 def check_token(token: str) -> bool:
     configured = current_app.config.get("ADMIN_TOKEN")
     expected = _sha256(configured) if configured else _stored(TOKEN_FILE)
-    return bool(token) and hmac.compare_digest(_sha256(token), expected)
+    return bool(token and expected) and hmac.compare_digest(_sha256(token), expected)
 
 
 def _credential_id() -> str:

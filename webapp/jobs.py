@@ -279,6 +279,21 @@ def _insert(conn, data, app) -> int:
     return job_id, params
 
 
+def _spawn(app, job_id, params) -> subprocess.Popen:
+    """Start `python -m webapp.jobrunner` for the job in a new session (its own process group)."""
+    job_dir = jobs_root(app) / str(job_id)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    if params.get("resume"):  # the checkpoint moves on: a job is resumed once
+        os.replace(jobs_root(app) / str(params["resume"]) / "resume.pt", job_dir / "resume.pt")
+    with open(job_dir / "runner.log", "ab") as log:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "webapp.jobrunner", str(db_path_for(app.instance_path)), str(job_id)],
+            cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    threading.Thread(target=runner.wait, daemon=True).start()  # reap it when it exits
+    return runner
+
+
 def start(data, app=None) -> dict:
     """Queue a training job and spawn its process; raises JobError (400 bad input, 409 busy)."""
     app = app or current_app
@@ -288,21 +303,12 @@ def start(data, app=None) -> dict:
     try:
         reconcile(conn)
         job_id, params = _insert(conn, data, app)
-        job_dir = jobs_root(app) / str(job_id)
-        job_dir.mkdir(parents=True, exist_ok=True)
         try:
-            if params.get("resume"):  # the checkpoint moves on: a job is resumed once
-                os.replace(jobs_root(app) / str(params["resume"]) / "resume.pt", job_dir / "resume.pt")
-            with open(job_dir / "runner.log", "ab") as log:
-                runner = subprocess.Popen(
-                    [sys.executable, "-m", "webapp.jobrunner", str(db_path_for(app.instance_path)), str(job_id)],
-                    cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True)
+            runner = _spawn(app, job_id, params)
         except OSError as error:
             conn.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ?",
                          (time.time(), f"could not start the job process: {error}", job_id))
             raise JobError(f"could not start the job process: {error}", 500, "spawn_failed")
-        threading.Thread(target=runner.wait, daemon=True).start()  # reap it when it exits
         info = process_start(runner.pid)
         conn.execute("UPDATE jobs SET runner_pid = ?, runner_start = ? WHERE id = ? AND runner_pid IS NULL",
                      (runner.pid, info[1] if info else None, job_id))
