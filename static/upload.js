@@ -115,7 +115,8 @@
                          : "The photo could not be classified.";
     }
     const refused = outcomes.length - done.length;
-    return done.length + " of " + outcomes.length + " photos classified" + (refused ? ", " + refused + " refused." : ".");
+    const tail = refused ? ", " + refused + " refused." : ".";
+    return done.length + " of " + outcomes.length + " photos classified" + tail;
   }
 
   async function handleFiles(fileList) {

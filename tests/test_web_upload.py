@@ -153,3 +153,14 @@ def test_unexpected_failure_is_a_plain_500_page(client, app, monkeypatch):
     monkeypatch.setattr(predictor, "predict_arrays", explode)
     page = assert_error_page(post_form(client, [GOOD["jpeg"]]), 500, "Something went wrong")
     assert "secret internals" not in page
+
+
+def test_page_agrees_with_ml_predict_with_the_shipped_model(real_data_dir, shipped_model_dir, tmp_path):
+    from webapp import create_app
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance"),
+                      "MODEL_DIR": str(shipped_model_dir)})
+    photos = [sorted((real_data_dir / "train" / cls).glob("*.jpg"))[1] for cls in ("dog", "frog")]
+    page = post_form(app.test_client(), [(p.name, p.read_bytes()) for p in photos]).get_data(as_text=True)
+    cards = CARD.findall(page)
+    for card, cli in zip(cards, run_ml_predict(shipped_model_dir, photos), strict=True):
+        assert scores(card) == [(t["label"], f"{t['probability'] * 100:.1f}%") for t in cli["top"]]
