@@ -116,3 +116,28 @@ def test_sigkilled_job_fails_and_the_app_keeps_answering(server):
     assert "SIGKILL" in failed["error"]
     assert served(server) == before
     assert call(server, "GET", "/api/v1/admin/versions")[1]["active"] == active
+
+
+def test_a_job_outlives_a_restart_of_the_web_app(tmp_path, tiny_model_dir):
+    """The job runs in its own session: stopping gunicorn does not stop it, and the restarted app
+    reattaches (reads its progress and end from the database)."""
+    data = write_dataset(tmp_path / "data", train_per_class=30, test_per_class=4)
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    env = {"ADMIN_TOKEN": TOKEN, "ADMIN_PASSWORD": PASSWORD, "TRAIN_DATA": str(data), "TRAIN_THREADS": "1"}
+    process, base = start_server(instance, tiny_model_dir, env_extra=env)
+    try:
+        status, job = call(base, "POST", "/api/v1/admin/jobs", dict(TINY_JOB, epochs=25))
+        assert status == 202
+        wait_for(lambda: call(base, "GET", f"/api/v1/admin/jobs/{job['id']}")[1]["status"] == "running",
+                 120, 0.3, "the job to run")
+    finally:
+        stop_server(process)
+    process, base = start_server(instance, tiny_model_dir, env_extra=env)
+    try:
+        finished = wait_job(base, job["id"])
+        assert finished["status"] == "succeeded", finished
+        assert finished["epoch"] == 25 and finished["version"]
+        assert call(base, "GET", "/api/v1/admin/versions")[1]["active"] == finished["version"]
+    finally:
+        stop_server(process)

@@ -14,6 +14,12 @@ def _generate_credentials(state):
     auth.init_app(state.app)
 
 
+@bp.app_template_filter("when")
+def _when(iso):
+    """2026-01-31T12:00:00+00:00 -> 2026-01-31 12:00:00 UTC"""
+    return iso.replace("T", " ").replace("+00:00", " UTC") if iso else "–"
+
+
 @bp.after_request
 def _no_store(response):
     response.headers["Cache-Control"] = "no-store"  # admin pages and job state are never cached
