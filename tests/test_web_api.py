@@ -115,6 +115,14 @@ def test_raw_image_body(client, predictor):
     assert unnamed.get_json()["predictions"][0]["top"] == response.get_json()["predictions"][0]["top"]
 
 
+def test_curl_data_binary_body_is_the_image(client):
+    """`curl --data-binary @photo.jpg` labels the body application/x-www-form-urlencoded."""
+    response = client.post("/api/v1/predict", data=GOOD["jpeg"][1], content_type="application/x-www-form-urlencoded")
+    assert conforms(response).status_code == 200
+    text = client.post("/api/v1/predict", data=b"image=hello", content_type="application/x-www-form-urlencoded")
+    assert_error(text, 415, "unsupported_media_type")
+
+
 def test_client_paths_are_reduced_to_a_file_name(client):
     response = post_images(client, [("C:\\Users\\me\\Pictures\\cat.jpg", GOOD["jpeg"][1])])
     assert response.get_json()["predictions"][0]["filename"] == "cat.jpg"
@@ -199,7 +207,7 @@ def test_one_bad_file_refuses_the_whole_request_naming_it(client, spy_predict):
     {"data": {}, "content_type": "multipart/form-data"},
     {"data": {"image": (io.BytesIO(b""), "")}, "content_type": "multipart/form-data"},  # form sent with no file
     {"data": {"photo": (io.BytesIO(image_bytes()), "a.jpg")}, "content_type": "multipart/form-data"},
-    {"data": {"image": "not a file"}},
+    {"data": {"image": "not a file"}, "content_type": "multipart/form-data"},
 ])
 def test_no_file_is_400(client, request_args):
     assert_error(client.post("/api/v1/predict", **request_args), 400, "no_file")
@@ -286,6 +294,8 @@ def test_torchserve_raw_body_and_data_field(client, predictor):
     assert scores == {t["label"]: t["probability"] for t in api["top"]}
     form = conforms(post_images(client, [GOOD["jpeg"]], field="data", url=url))
     assert form.status_code == 200 and form.get_json() == scores
+    put = conforms(client.put(url, data=GOOD["jpeg"][1]))  # curl -T photo.jpg
+    assert put.status_code == 200 and put.get_json() == scores
 
 
 def test_torchserve_errors(client, predictor):

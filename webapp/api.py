@@ -30,7 +30,7 @@ def predict():
                    predictions=[{"filename": name, **result} for name, _, result in items])
 
 
-@bp.post("/predictions/<model_name>")
+@bp.route("/predictions/<model_name>", methods=["POST", "PUT"])  # PUT: `curl -T photo.jpg`
 def torchserve_predict(model_name):
     """TorchServe's inference API: one image (raw body, or field `data`/`body`) -> {label: probability}."""
     active = current_predictor().name

@@ -14,7 +14,6 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ml.images import ImageError
 from webapp.serving import current_predictor
 
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 RAW_BODY_NAME = "image"
 MAX_FILENAME = 200
 
@@ -62,7 +61,8 @@ def body_file() -> list:
 
 def collect_files(fields) -> list:
     """[(filename, bytes)] from the multipart `fields`, or the raw body as one file."""
-    files = form_files(fields) if request.mimetype in FORM_TYPES else body_file()
+    # anything but multipart is the image itself (curl --data-binary sends it as a urlencoded form)
+    files = form_files(fields) if request.mimetype == "multipart/form-data" else body_file()
     if not files:
         names = " or ".join(f"'{field}'" for field in fields)
         raise RequestError(400, "no_file", f"no image was sent: attach one or more files in the field {names}, "
