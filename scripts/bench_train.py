@@ -1,0 +1,106 @@
+"""Training benchmark: images/s per model and precision, then time-to-accuracy of `fast`.
+
+    make bench-train                      # or: python scripts/bench_train.py [--skip-full]
+
+Throughput is measured on real training batches (augmentation included) in this one run, so the
+rows compare with each other even on a shared, noisy machine; the tutorial's set-up (seednet,
+batch 5, fp32) is the baseline row.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ml.data import augment, load_dataset, normalize  # noqa: E402
+from ml.models import build_model  # noqa: E402
+from ml.train import PRESETS, build_parser, pick_amp_dtype, resolve_config, train  # noqa: E402
+
+CONFIGS = [  # (row label, arch, kwargs, batch size, precision)
+    ("seednet (tutorial, batch 5)", "seednet", {}, 5, "fp32"),
+    ("seednet", "seednet", {}, 512, "fp32"),
+    ("seednet", "seednet", {}, 512, "bf16"),
+    ("airnet fast", "airnet", {"widths": PRESETS["fast"]["widths"]}, 1024, "fp32"),
+    ("airnet fast", "airnet", {"widths": PRESETS["fast"]["widths"]}, 1024, "bf16"),
+    ("airnet best", "airnet", {"widths": PRESETS["best"]["widths"]}, 1024, "bf16"),
+]
+
+
+def throughput(images, arch, kwargs, batch_size, precision, seconds):
+    """Training images/s: forward, backward and SGD step on augmented real batches."""
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(arch, **kwargs).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    amp = pick_amp_dtype(precision, device)
+    if precision == "bf16" and amp is None:
+        return None  # this CPU has no bf16 support
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (batch_size,))
+
+    def step(i):
+        start = (i * batch_size) % (len(images) - batch_size)
+        x = augment(normalize(images[start:start + batch_size]), generator)
+        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step(0)  # warm-up
+    done, i, begin = 0, 1, time.perf_counter()
+    while time.perf_counter() - begin < seconds:
+        step(i)
+        done += batch_size
+        i += 1
+    return done / (time.perf_counter() - begin)
+
+
+def time_to_accuracy(data, thresholds):
+    records = []
+    args = build_parser().parse_args(["--preset", "fast", "--data", str(data)])
+    card = train(resolve_config(args), Path("runs/bench-fast"), emit=records.append)
+    epochs = [r for r in records if r["type"] == "epoch"]
+    reached = {t: next((r["elapsed_s"] for r in epochs if r["val_accuracy"] >= t), None) for t in thresholds}
+    return card, epochs, reached
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data", help="dataset root")
+    parser.add_argument("--seconds", type=float, default=20, help="seconds of training per throughput row")
+    parser.add_argument("--skip-full", action="store_true", help="only the throughput table")
+    args = parser.parse_args()
+
+    dataset = load_dataset(args.data)
+    images = dataset.train.images[:20000]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"bf16 autocast: {pick_amp_dtype('auto', torch.device('cpu')) is not None}\n")
+    print("| model | batch | precision | train images/s | vs tutorial |")
+    print("|---|---|---|---|---|")
+    baseline = None
+    for label, arch, kwargs, batch, precision in CONFIGS:
+        rate = throughput(images, arch, kwargs, batch, precision, args.seconds)
+        if rate is None:
+            print(f"| {label} | {batch} | {precision} | n/a | |")
+            continue
+        baseline = baseline or rate
+        print(f"| {label} | {batch} | {precision} | {rate:,.0f} | {rate / baseline:.1f}x |", flush=True)
+    if args.skip_full:
+        return
+    card, epochs, reached = time_to_accuracy(args.data, [0.85, 0.90])
+    print("\n| `fast` preset | value |")
+    print("|---|---|")
+    for threshold, seconds in reached.items():
+        value = f"{seconds / 60:.1f} min" if seconds is not None else "not reached"
+        print(f"| time to {threshold:.0%} validation accuracy (no TTA) | {value} |")
+    print(f"| training time, {len(epochs)} epochs | {card['training']['train_seconds'] / 60:.1f} min |")
+    print(f"| final validation accuracy (TTA {card['tta']}) | {card['evaluation']['accuracy']:.2%} |")
+
+
+if __name__ == "__main__":
+    main()
