@@ -258,13 +258,14 @@ def active_job(app=None):
 def _insert(conn, data, app) -> int:
     """Insert a queued job; refuses when one is queued or running. Runs under BEGIN IMMEDIATE, so
     concurrent starts from any number of processes are serialised by SQLite's write lock."""
+    params = None if data.get("resume") else validate_params(data, app)  # 400 before 409
     conn.execute("BEGIN IMMEDIATE")
     try:
         busy = conn.execute("SELECT id, status FROM jobs WHERE status IN ('queued', 'running')").fetchone()
         if busy:
             raise JobError(f"job {busy['id']} is {busy['status']}: wait for it or cancel it first",
                            409, "job_running")
-        params = _resume_params(conn, data, app) if data.get("resume") else validate_params(data, app)
+        params = params or _resume_params(conn, data, app)
         job_id = conn.execute("INSERT INTO jobs (status, params, spec, created) VALUES ('queued', ?, '{}', ?)",
                               (json.dumps(params), time.time())).lastrowid
         job_dir = jobs_root(app) / str(job_id)
