@@ -48,6 +48,11 @@ def auth_headers(token=TOKEN):
     return {"Authorization": f"Bearer {token}"}
 
 
+def training(job):
+    """The job once its trainer has reported a step (so it has passed start-up), else None."""
+    return job if job["status"] == "running" and any(m["type"] == "step" for m in job["metrics"]) else None
+
+
 def wait_for(check, timeout=60, interval=0.2, what="condition"):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from admin_support import LONG_JOB, PASSWORD, TINY_JOB, TOKEN, wait_for, write_dataset
+from admin_support import LONG_JOB, PASSWORD, TINY_JOB, TOKEN, training, wait_for, write_dataset
 from conftest import start_server, stop_server
 
 
@@ -45,7 +45,7 @@ def call(base, method, path, body=None, token=TOKEN):
         return error.code, json.loads(error.read())
 
 
-def wait_job(base, job_id, timeout=120):
+def wait_job(base, job_id, timeout=300):
     return wait_for(lambda: (lambda j: j if j["status"] not in ("queued", "running") else None)(
         call(base, "GET", f"/api/v1/admin/jobs/{job_id}")[1]), timeout, 0.3, f"job {job_id} to end")
 
@@ -107,8 +107,8 @@ def test_sigkilled_job_fails_and_the_app_keeps_answering(server):
     active = call(server, "GET", "/api/v1/admin/versions")[1]["active"]
     status, job = call(server, "POST", "/api/v1/admin/jobs", LONG_JOB)
     assert status == 202
-    running = wait_for(lambda: (lambda j: j if j["status"] == "running" and j["metrics"] else None)(
-        call(server, "GET", f"/api/v1/admin/jobs/{job['id']}")[1]), 120, 0.3, "the job to run")
+    running = wait_for(lambda: training(
+        call(server, "GET", f"/api/v1/admin/jobs/{job['id']}")[1]), 300, 0.3, "the job to run")
     os.kill(running["pid"], signal.SIGKILL)
     killed = time.time()
     failed = wait_job(server, job["id"], timeout=10)
@@ -130,7 +130,7 @@ def test_a_job_outlives_a_restart_of_the_web_app(tmp_path, tiny_model_dir):
         status, job = call(base, "POST", "/api/v1/admin/jobs", dict(TINY_JOB, epochs=25))
         assert status == 202
         wait_for(lambda: call(base, "GET", f"/api/v1/admin/jobs/{job['id']}")[1]["status"] == "running",
-                 120, 0.3, "the job to run")
+                 300, 0.3, "the job to run")
     finally:
         stop_server(process)
     process, base = start_server(instance, tiny_model_dir, env_extra=env)

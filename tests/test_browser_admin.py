@@ -62,7 +62,7 @@ def test_admin_retrains_watches_promotes_and_serves(page, server, tmp_path):
     job_url = page.url
 
     # the progress bar and the loss plot advance without a reload
-    wait_for(lambda: number(page, "#progress", "value") > 0, 120, 0.2, "progress")
+    wait_for(lambda: number(page, "#progress", "value") > 0, 300, 0.2, "progress")
     first_progress = number(page, "#progress", "value")
     first_points = number(page, "#loss-chart", "data-points")
     wait_for(lambda: number(page, "#progress", "value") > first_progress
@@ -74,7 +74,7 @@ def test_admin_retrains_watches_promotes_and_serves(page, server, tmp_path):
     assert "epoch" in page.locator("#log").inner_text()
 
     # the job ends: the page shows the new version waiting at the gate
-    page.locator("#job-status:has-text('succeeded')").wait_for(timeout=180_000)
+    page.locator("#job-status:has-text('succeeded')").wait_for(timeout=300_000)
     version = page.locator("#result-version").inner_text()
     assert "stays inactive" in page.locator("#result").inner_text()
     assert page.locator("#epochs-table tbody tr").count() == 40

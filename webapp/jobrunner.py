@@ -7,12 +7,14 @@ period), and records the end: a finished model becomes a new version in the stor
 through the promotion gate; a stopped trainer is `cancelled`; anything else is `failed`.
 """
 
+import importlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +81,8 @@ class Runner:
         except OSError as error:
             return self.finish("failed", error=f"could not start the trainer: {error}")
         self.update("status = 'running', started = ?, pid = ?", (time.time(), self.trainer.pid))
+        # import the model store (and torch) while the trainer works, not after it finishes
+        threading.Thread(target=importlib.import_module, args=("webapp.versions",), daemon=True).start()
         returncode = self.watch()
         self.copy_output()
         return self.conclude(returncode)

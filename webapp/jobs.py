@@ -136,7 +136,7 @@ def validate_params(data, app=None) -> dict:
     if params["preset"] not in PRESETS:
         raise JobError(f"preset must be one of {', '.join(PRESETS)}")
     sources = data_sources(app)
-    if params["data"] not in sources:
+    if not isinstance(params["data"], str) or params["data"] not in sources:
         raise JobError(f"data must be one of {', '.join(sources)}")
     if not sources[params["data"]].is_dir():
         raise JobError(f"data source {params['data']} ({sources[params['data']]}) does not exist")
