@@ -38,3 +38,11 @@ test: install data browser
 
 bench-train: install data
 	$(BIN)/python scripts/bench_train.py
+
+# Served throughput, latency and memory under load against the in-process ceiling (see README).
+bench-serve: install data
+	$(BIN)/python scripts/bench_serve.py
+
+# 16 clients for 5 minutes: photos, bad inputs and a retraining job at once (`make test` runs 60 s).
+soak: install data
+	$(BIN)/python scripts/soak.py --clients 16 --seconds 300

@@ -3,7 +3,9 @@
 No preload: each worker imports the app after fork and loads the model once in
 `post_worker_init`, before it takes requests (PyTorch and fork do not mix). Workers times torch
 threads never exceed the CPU cores. Environment: PORT (8000), WEB_WORKERS, WEB_THREADS (request
-threads per worker, 4), TORCH_THREADS (1), WEB_TIMEOUT (60 s).
+threads per worker, 4), TORCH_THREADS (1), WEB_TIMEOUT (60 s), WEB_MAX_REQUESTS (1000; 0 never
+recycles a worker: the benchmark and the soak test use 0 so a leak or a crash cannot hide).
+Prometheus samples of all workers meet in PROMETHEUS_MULTIPROC_DIR (default <instance>/prometheus).
 """
 
 import os
@@ -36,11 +38,30 @@ worker_class = "gthread"  # request threads share the worker's one model; forwar
 threads = env_int("WEB_THREADS") or 4
 timeout = env_int("WEB_TIMEOUT") or 60
 graceful_timeout = 30
-max_requests = 1000  # recycle workers now and then, staggered so they do not all restart at once
-max_requests_jitter = 200
+# recycle workers now and then, staggered so they do not all restart at once
+max_requests = 1000 if env_int("WEB_MAX_REQUESTS") is None else env_int("WEB_MAX_REQUESTS")
+max_requests_jitter = 200 if max_requests else 0
 preload_app = False
 accesslog = "-"
 errorlog = "-"
+
+
+def on_starting(server):
+    """Before any worker exists: an empty folder for the workers' Prometheus samples. Set here, in
+    the master, so every worker imports prometheus_client already in multiprocess mode."""
+    instance = os.environ.get("INSTANCE_PATH") or os.path.join(os.path.dirname(__file__), "instance")
+    folder = os.path.join(os.path.abspath(instance), "prometheus")
+    folder = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", folder)
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        if name.endswith(".db"):  # samples of a previous server
+            os.remove(os.path.join(folder, name))
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live gauges (the model version it served) stop counting."""
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker):

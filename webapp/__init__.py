@@ -28,12 +28,15 @@ DEFAULTS = {
     "TRAIN_DATA": str(PROJECT_ROOT / "data"),  # the "default" data source of retraining jobs
     "TRAIN_NPROC": 1,               # >1: jobs run under torchrun with this many processes
     "TRAIN_THREADS": None,          # torch threads of a training job (unset: all cores)
+    "BATCH_WINDOW_MS": 5,           # micro-batching: wait up to this for requests being decoded; 0: off
+    "BATCH_MAX_IMAGES": 32,         # images per forward pass, at most
 }
 ENV_SETTINGS = {"SECRET_KEY": str, "MODEL_DIR": str, "MAX_UPLOAD_MB": float, "MAX_FILES": int,
                 "MAX_PIXELS": int, "TORCH_THREADS": int, "PORT": int,
                 "SESSION_COOKIE_SECURE": lambda v: v.lower() in ("1", "true", "yes"),
                 "ADMIN_PASSWORD": str, "ADMIN_TOKEN": str, "LOGIN_MAX_FAILURES": int, "LOGIN_WINDOW_S": float,
-                "PROMOTION_MARGIN": float, "TRAIN_DATA": str, "TRAIN_NPROC": int, "TRAIN_THREADS": int}
+                "PROMOTION_MARGIN": float, "TRAIN_DATA": str, "TRAIN_NPROC": int, "TRAIN_THREADS": int,
+                "BATCH_WINDOW_MS": float, "BATCH_MAX_IMAGES": int}
 
 
 def load_settings(app, test_config):
@@ -72,7 +75,7 @@ def create_app(test_config=None):
     load_settings(app, test_config)
 
     from flask_wtf.csrf import CSRFProtect
-    from webapp import admin, admin_api, api, dashboard, security, upload
+    from webapp import admin, admin_api, api, batching, dashboard, metrics, security, upload
 
     csrf = CSRFProtect(app)  # every HTML form POST needs a token; JSON APIs are exempt below
     for blueprint in (upload.bp, dashboard.bp, admin.bp):
@@ -81,4 +84,6 @@ def create_app(test_config=None):
         csrf.exempt(blueprint)
         app.register_blueprint(blueprint)
     security.init_app(app)
+    metrics.init_app(app)
+    batching.init_app(app)
     return app

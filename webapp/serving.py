@@ -17,6 +17,7 @@ from flask import current_app
 
 from ml.modelfile import ModelFileError
 from ml.predict import Predictor
+from webapp import metrics
 from webapp.versions import SHIPPED, VersionError, store
 
 CHECK_INTERVAL_S = 1.0
@@ -73,6 +74,7 @@ class ServedModel:
     def _load(self, version_id):
         predictor = Predictor(self.store.path(version_id), max_pixels=self.max_pixels)
         self.predictor, self.version_id = predictor, version_id  # one reference swap
+        metrics.model_served(version_id, predictor)
 
 
 _lock = threading.Lock()

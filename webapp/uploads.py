@@ -12,6 +12,8 @@ from flask import Request, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ml.images import ImageError
+from webapp.batching import batcher
+from webapp.metrics import count_predictions
 from webapp.serving import current_predictor
 
 RAW_BODY_NAME = "image"
@@ -93,7 +95,8 @@ def model_identity(predictor) -> dict:
 
 
 def classify_request(fields=("image",), max_files: int | None = None):
-    """Classify the photos of the current request in one batch.
+    """Classify the photos of the current request in one batch (shared with concurrent requests
+    of this worker when micro-batching is on).
 
     Returns (predictor, [(filename, array, result)]) in upload order, or raises RequestError
     without predicting anything when any file is missing, refused or unreadable.
@@ -101,6 +104,6 @@ def classify_request(fields=("image",), max_files: int | None = None):
     files = collect_files(fields)
     check_count(files, max_files or int(current_app.config["MAX_FILES"]))
     predictor = current_predictor()
-    arrays = decode_all(predictor, files)
-    results = predictor.predict_arrays(arrays)
+    arrays, results = batcher(current_app).classify(predictor, lambda: decode_all(predictor, files))
+    count_predictions(results)
     return predictor, [(name, array, result) for (name, _), array, result in zip(files, arrays, results)]
