@@ -96,10 +96,10 @@ def report_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes, spli
 
 
 def evaluate_model(model, split: Split, classes, split_name, device="cpu", tta=0, amp_dtype=None,
-                   norm=None) -> dict:
+                   norm=None, temperature=1.0) -> dict:
     device = torch.device(device)
     logits = predict_logits(model, split, device, tta=tta, amp_dtype=amp_dtype, norm=norm)
-    return report_from_logits(logits, split.labels, classes, split_name, tta)
+    return report_from_logits(logits / temperature, split.labels, classes, split_name, tta)
 
 
 def main(argv=None):
@@ -127,7 +127,8 @@ def main(argv=None):
         sys.exit(f"the dataset's classes {dataset.classes} differ from the model's {card['classes']}")
     tta = card.get("tta", 0) if args.tta is None else args.tta
     norm = (card["normalization"]["mean"], card["normalization"]["std"])
-    report = evaluate_model(model, dataset.val, dataset.classes, dataset.val_name, device, tta, norm=norm)
+    report = evaluate_model(model, dataset.val, dataset.classes, dataset.val_name, device, tta, norm=norm,
+                            temperature=card.get("temperature", 1.0))
     text = json.dumps(report, indent=1)
     if args.out:
         with open(args.out, "w") as f:

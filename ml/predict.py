@@ -34,6 +34,7 @@ class Predictor:
         self.classes = self.card["classes"]
         self.input_size = self.card.get("input_size", 32)
         self.tta = self.card.get("tta", 0)
+        self.temperature = self.card.get("temperature", 1.0)  # see ml/calibrate.py
         norm = self.card["normalization"]
         self.norm = (norm["mean"], norm["std"])
         self.max_pixels = max_pixels
@@ -58,7 +59,7 @@ class Predictor:
         x = normalize(batch, *self.norm)
         with self._lock:
             logits = tta_logits(self.model, x, self.tta)
-        return logits.float().softmax(1).cpu()
+        return (logits.float() / self.temperature).softmax(1).cpu()
 
     def describe(self, probs: torch.Tensor) -> dict:
         top = probs.topk(min(TOP_K, len(self.classes)))

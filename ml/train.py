@@ -24,7 +24,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ml.data import CIFAR_MEAN, CIFAR_STD, augment, iterate_batches, load_dataset, normalize
-from ml.evaluate import evaluate_model, predict_logits, report_from_logits
+from ml.calibrate import fit_temperature
+from ml.evaluate import predict_logits, report_from_logits
 from ml.modelfile import write_model_dir
 from ml.models import build_model, count_parameters
 
@@ -345,9 +346,14 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
         log(record)
         state["epoch"] += 1
         state["step_in_epoch"] = 0
+    if state["lookahead"] is not None:
+        state["lookahead"].update(model, decay=1.0)  # end on the slow average itself (airbench)
     train_seconds = state["elapsed_before"] + time.perf_counter() - state["start_time"]
-    report = evaluate_model(model, dataset.val, dataset.classes, dataset.val_name, device,
-                            tta=config["tta"], amp_dtype=amp_dtype, norm=norm)
+    # Final report in full precision, as served; the temperature makes its probabilities honest.
+    logits = predict_logits(model, dataset.val, device, tta=config["tta"], norm=norm)
+    temperature = fit_temperature(logits, dataset.val.labels)
+    report = report_from_logits(logits / temperature, dataset.val.labels, dataset.classes,
+                                dataset.val_name, config["tta"])
     digest = weights_digest(model)
     emit({"type": "done", "rank": rank, "accuracy": report["accuracy"], "eval_split": dataset.val_name,
           "train_seconds": train_seconds, "weights_digest": digest})
@@ -355,6 +361,7 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
     if rank == 0:
         card = make_card(model, config, dataset, report, state["history"], train_seconds,
                          time.perf_counter() - wall_start, device, amp_dtype, world)
+        card["temperature"] = temperature
         write_model_dir(out_dir, model, card, gallery_files(dataset.val.images, report, dataset.train,
                                                             dataset.classes))
         if checkpoint_path and Path(checkpoint_path).is_file():

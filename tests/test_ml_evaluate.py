@@ -51,3 +51,18 @@ def test_evaluate_cli_prints_a_report(tmp_path, tiny_dataset):
     assert report["images"] == 40 and report["tta"] == 1
     assert len(report["confusion_matrix"]) == 10
     assert json.loads((tmp_path / "r.json").read_text()) == report
+
+
+def test_temperature_fixes_an_under_confident_model():
+    from ml.calibrate import fit_temperature
+    torch.manual_seed(0)
+    # labels drawn from softmax(logits): these logits are calibrated at T = 1 ...
+    logits = torch.randn(4000, 10) * 3
+    labels = torch.multinomial(logits.softmax(1), 1).flatten()
+    squashed = logits / 4
+    before = report_from_logits(squashed, labels, [str(i) for i in range(10)], "validation")
+    temperature = fit_temperature(squashed, labels)
+    after = report_from_logits(squashed / temperature, labels, [str(i) for i in range(10)], "validation")
+    assert 0.2 < temperature < 0.3  # ... so squashed 4x, the fitted T is about 1/4
+    assert after["ece"] < before["ece"] / 3 and after["ece"] < 0.05
+    assert after["accuracy"] == before["accuracy"]
