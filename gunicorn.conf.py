@@ -58,6 +58,18 @@ def on_starting(server):
             os.remove(os.path.join(folder, name))
 
 
+def post_fork(server, worker):
+    """One malloc arena per worker (glibc): a worker's request threads take turns running forward
+    passes, and with an arena per thread each kept its own high-water mark, so memory grew with
+    the thread count. The GIL and the model lock serialise them anyway: no speed is lost."""
+    import ctypes
+    import ctypes.util
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX = -8
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def child_exit(server, worker):
     """A worker is gone: its live gauges (the model version it served) stop counting."""
     from prometheus_client import multiprocess

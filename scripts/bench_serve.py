@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.serve_tools import (SHIPPED_MODEL, Server, make_photos, multipart,  # noqa: E402
-                                 new_connection, percentile, photo_file, request, rss_mb)
+from scripts.serve_tools import (SHIPPED_MODEL, Server, exit_on_sigterm, make_photos,  # noqa: E402
+                                 multipart, new_connection, percentile, photo_file, request, rss_mb)
 
 MULTI_IMAGES = 16
 MULTI_MAX_SIDE = 1600      # 16 phone photos do not fit the 10 MB request limit; web-sized ones do
@@ -171,8 +171,10 @@ def series(label, env, photos, multi_bodies, args, work) -> dict:
     try:
         first = server.first_prediction(photo_file(*photos[0]))
         singles = [(*multipart([photo_file(p, fmt)]), 1) for p, fmt in photos]
-        Load(server.base, singles, 16, len(singles) * 2, 300).run()  # warm-up: every photo, twice
-        Load(server.base, multi_bodies, 2, 2, 300).run()
+        # warm-up: every photo twice at full concurrency, then 16-image requests: forward passes of
+        # every batch size the run will see, so memory is at its plateau before it is measured
+        Load(server.base, singles, max(CONCURRENCY), len(singles) * 2, 300).run()
+        Load(server.base, multi_bodies, MULTI_CONCURRENCY, MULTI_CONCURRENCY * 2, 300).run()
         workers = server.workers()
         rows = [dict(measured(server, singles, c, len(singles) * args.cycles * max(1, c // 4), args.seconds),
                      path="1 image/request") for c in CONCURRENCY]
@@ -206,8 +208,8 @@ def table(results, ceilings) -> str:
             best = ceilings["multi" if row["path"].startswith(str(MULTI_IMAGES)) else "single"]
             rss = ", ".join(f"{a:.0f} -> {b:.0f}" for a, b in row["rss_mb"].values() if a and b)
             lines.append(
-                f"| {result['label']} | {row['path']} | {row['concurrency']} | {row['requests']} | {row['errors']} | "
-                f"{row['requests_per_s']:.1f} | {row['images_per_s']:.1f} | {row['p50_ms']:.0f} | "
+                f"| {result['label']} | {row['path']} | {row['concurrency']} | {row['requests']} | "
+                f"{row['errors']} | {row['requests_per_s']:.1f} | {row['images_per_s']:.1f} | {row['p50_ms']:.0f} | "
                 f"{row['p95_ms']:.0f} | {row['p99_ms']:.0f} | {row['p99_ms'] / row['p50_ms']:.2f} | "
                 f"{row['mean_batch'] or 0:.1f} | {row['images_per_s'] / best:.2f} | {rss} |")
     return "\n".join(lines)
@@ -223,6 +225,7 @@ def main():
     parser.add_argument("--model", default=str(SHIPPED_MODEL), help="model folder (default: the shipped model)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    exit_on_sigterm()
 
     photos = make_photos(args.rounds)
     multi, small = multi_bodies(photos)

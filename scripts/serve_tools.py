@@ -92,6 +92,11 @@ def photo_file(path, fmt) -> tuple:
 
 # ---- the server ----
 
+def exit_on_sigterm():
+    """SIGTERM ends the script through its `finally` blocks, so the server it started stops too."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -39,8 +39,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.serve_tools import (SHIPPED_MODEL, Server, get_json, make_photos, multipart,  # noqa: E402
-                                 new_connection, photo_file, request, rss_mb)
+from scripts.serve_tools import (SHIPPED_MODEL, Server, exit_on_sigterm, get_json,  # noqa: E402
+                                 make_photos, multipart, new_connection, photo_file, request, rss_mb)
 
 JOB = {"preset": "seed", "epochs": 1, "limit": 300, "batch_size": 50}
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -238,6 +238,7 @@ def main(argv=None):
     parser.add_argument("--model", default=str(SHIPPED_MODEL), help="model folder served at start")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
 
     photos = [photo_file(path, fmt) for path, fmt in make_photos(2)]
     token = secrets.token_urlsafe(24)

@@ -167,9 +167,9 @@ def test_off_runs_each_request_alone(predictors, window_ms, max_images):
 def test_settings_reach_the_app(tmp_path, tiny_model_dir, monkeypatch):
     from webapp import create_app
     from webapp.batching import batcher
+    config = {"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance"), "MODEL_DIR": str(tiny_model_dir)}
     monkeypatch.setenv("BATCH_WINDOW_MS", "0")
-    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance"), "MODEL_DIR": str(tiny_model_dir)})
-    assert not batcher(app).enabled
+    assert not batcher(create_app(config)).enabled
     monkeypatch.delenv("BATCH_WINDOW_MS")
-    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance"), "MODEL_DIR": str(tiny_model_dir)})
+    app = create_app(config)
     assert batcher(app).enabled and batcher(app).max_images == 32

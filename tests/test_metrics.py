@@ -91,9 +91,10 @@ def test_active_version_and_job_states_follow_a_training_job(tmp_path, tiny_mode
     during = scrape(client)
     assert value(during, "webapp_training_jobs", state="queued") + value(during, "webapp_training_jobs",
                                                                          state="running") == 1
-    done = wait_for(lambda: (lambda j: j if j["status"] not in ("queued", "running") else None)(
-        client.get(f"/api/v1/admin/jobs/{job['id']}", headers=auth_headers()).get_json()),
-        timeout=240, interval=1, what="the training job")
+    def finished():
+        state = client.get(f"/api/v1/admin/jobs/{job['id']}", headers=auth_headers()).get_json()
+        return state if state["status"] not in ("queued", "running") else None
+    done = wait_for(finished, timeout=240, interval=1, what="the training job")
     assert done["status"] == "succeeded", done
     after = scrape(client)
     assert value(after, "webapp_training_jobs", state="succeeded") == 1
@@ -174,9 +175,10 @@ def test_a_dead_worker_stops_counting_as_serving_but_its_counts_stay(two_workers
     before = remote_scrape(base)
     victim, survivor = worker_pids(process.pid)
     os.kill(victim, signal.SIGKILL)
-    pids = wait_for(lambda: (lambda now: now if len(now) == 2 and victim not in now else None)(
-        worker_pids(process.pid)), timeout=60, what="gunicorn to replace the killed worker")
-    newcomer = (set(pids) - {survivor}).pop()
+    def replaced():
+        pids = worker_pids(process.pid)
+        return pids if len(pids) == 2 and victim not in pids else None
+    newcomer = (set(wait_for(replaced, timeout=60, what="gunicorn to replace the killed worker")) - {survivor}).pop()
     wait_for(lambda: (Path(instance) / "prometheus" / f"gauge_livesum_{newcomer}.db").exists(),
              timeout=60, what="the new worker to load its model")
     after = remote_scrape(base)

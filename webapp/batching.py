@@ -101,7 +101,8 @@ class MicroBatcher:
     def _fitting(self, leader):
         batch, size = [leader], len(leader.arrays)
         for job in self._pending:
-            if job is not leader and job.predictor is leader.predictor and size + len(job.arrays) <= self.max_images:
+            fits = size + len(job.arrays) <= self.max_images
+            if job is not leader and job.predictor is leader.predictor and fits:
                 batch.append(job)
                 size += len(job.arrays)
         return batch
