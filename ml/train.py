@@ -332,10 +332,7 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
             log({"type": "stopped", "epoch": state["epoch"] + 1, "global_step": state["global_step"],
                  "checkpoint": str(checkpoint_path) if checkpoint_path else None})
             return None
-        if world > 1:
-            # BatchNorm statistics are per process; take rank 0's so every rank holds one model
-            for buffer in model.buffers():
-                dist.broadcast(buffer, 0)
+        sync_buffers(model, world)
         logits = predict_logits(model, dataset.val, device, amp_dtype=amp_dtype, norm=norm)
         val = report_from_logits(logits, dataset.val.labels, dataset.classes, dataset.val_name)
         elapsed = state["elapsed_before"] + time.perf_counter() - state["start_time"]
@@ -348,6 +345,7 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
         state["step_in_epoch"] = 0
     if state["lookahead"] is not None:
         state["lookahead"].update(model, decay=1.0)  # end on the slow average itself (airbench)
+        sync_buffers(model, world)
     train_seconds = state["elapsed_before"] + time.perf_counter() - state["start_time"]
     # Final report in full precision, as served; the temperature makes its probabilities honest.
     logits = predict_logits(model, dataset.val, device, tta=config["tta"], norm=norm)
@@ -370,6 +368,13 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
         dist.barrier()
         dist.destroy_process_group()
     return card
+
+
+def sync_buffers(model, world):
+    """BatchNorm statistics are per process; take rank 0's so every rank holds one model."""
+    if world > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
 
 
 def weights_digest(model) -> str:
