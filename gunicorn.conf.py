@@ -3,7 +3,7 @@
 No preload: each worker imports the app after fork and loads the model once in
 `post_worker_init`, before it takes requests (PyTorch and fork do not mix). Workers times torch
 threads never exceed the CPU cores. Environment: PORT (8000), WEB_WORKERS, WEB_THREADS (request
-threads per worker, 4), TORCH_THREADS (1), WEB_TIMEOUT (60 s), WEB_MAX_REQUESTS (1000; 0 never
+threads per worker, 8), TORCH_THREADS (1), WEB_TIMEOUT (60 s), WEB_MAX_REQUESTS (1000; 0 never
 recycles a worker: the benchmark and the soak test use 0 so a leak or a crash cannot hide).
 Prometheus samples of all workers meet in PROMETHEUS_MULTIPROC_DIR (default <instance>/prometheus).
 """
@@ -35,7 +35,7 @@ os.environ["TORCH_THREADS"] = str(torch_threads)  # read by the app in each work
 
 bind = f"127.0.0.1:{os.environ.get('PORT') or 8000}"
 worker_class = "gthread"  # request threads share the worker's one model; forward passes take a lock
-threads = env_int("WEB_THREADS") or 4
+threads = env_int("WEB_THREADS") or 8  # 8, not 4: more requests in flight, larger micro-batches
 timeout = env_int("WEB_TIMEOUT") or 60
 graceful_timeout = 30
 # recycle workers now and then, staggered so they do not all restart at once

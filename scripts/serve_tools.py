@@ -176,6 +176,16 @@ def rss_mb(pid: int):
     return None
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (/proc/<pid>/stat), 0 when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # ---- the client ----
 
 def request(base, method, path, body=None, content_type=None, headers=None, timeout=60, connection=None):

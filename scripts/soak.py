@@ -13,7 +13,7 @@ Workers are never recycled during the soak (WEB_MAX_REQUESTS=0; in production gu
 recycles a worker after 1000-1200 requests): a worker that crashed, was killed for a timeout or
 ran out of memory would show as a changed pid, and a leak would show in its memory instead of
 being hidden by recycling. Memory growth is measured from the end of a warm-up (the same mix of
-requests, no training, a tenth of the run) to the end: a worker's heap grows once to a plateau as
+requests, no training, a tenth of the run, longer until every worker did some work) to the end: a worker's heap grows once to a plateau as
 it meets forward passes of every batch size (glibc keeps freed memory), which is not a leak; the
 RSS right after start is reported too.
 
@@ -40,11 +40,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.serve_tools import (SHIPPED_MODEL, Server, exit_on_sigterm, get_json,  # noqa: E402
-                                 make_photos, multipart, new_connection, photo_file, request, rss_mb)
+                                 cpu_seconds, make_photos, multipart, new_connection, photo_file,
+                                 request, rss_mb)
 
 JOB = {"preset": "seed", "epochs": 1, "limit": 300, "batch_size": 50}
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MAX_RSS_GROWTH = 0.10
+RECONNECT_CHANCE = 0.2
+WARM_CPU_S = 2.0             # the warm-up lasts until every worker has done this much work
 SEVERAL_MAX_BYTES = 400_000  # photos sent 2-16 per request: 16 of them stay under the 10 MB limit
 ACTIVE = ("queued", "running")
 
@@ -137,6 +140,9 @@ class Soak:
                     self.transport_errors.append(f"{name}: {type(error).__name__}: {error}")
                 continue
             self.record(name, status, answer, expected, images)
+            if rng.random() < RECONNECT_CHANCE:  # fresh connections now and then: every worker gets some
+                connection.close()
+                connection = None
 
     def record(self, name, status, answer, expected, images):
         with self.lock:
@@ -187,6 +193,18 @@ class Soak:
         for thread in threads:
             thread.join()
         return time.perf_counter() - start
+
+
+def warm_up(server, soak, seconds) -> float:
+    """The soak's mix without training for `seconds`, repeated (three times at most) until every
+    worker has done WARM_CPU_S of work: a worker's memory baseline is taken once it served real load."""
+    start = {pid: cpu_seconds(pid) for pid in server.workers()}
+    spent = 0.0
+    for _ in range(3):
+        spent += soak.run(seconds, train=False)
+        if all(cpu_seconds(pid) - used >= WARM_CPU_S for pid, used in start.items()):
+            break
+    return spent
 
 
 def memory(server) -> dict:
@@ -250,7 +268,7 @@ def main(argv=None):
             server.first_prediction(photos[0])
             soak = Soak(server, photos, bad_requests(photos[1]), token, args.clients, args.max_requests)
             rss = {"started": memory(server)}
-            rss["warm_up_seconds"] = soak.run(args.warm_up or max(10.0, args.seconds / 10), train=False)
+            rss["warm_up_seconds"] = warm_up(server, soak, args.warm_up or max(10.0, args.seconds / 10))
             rss["warmed"] = memory(server)
             summary = report(soak, server, token, rss, soak.run(args.seconds))
         finally:

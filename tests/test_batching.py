@@ -50,7 +50,8 @@ def same(results, wanted):
 
 def run_together(batcher, jobs, barrier_timeout=10):
     """Each job (predictor, arrays) in its own thread; every decode waits until all threads are
-    decoding, so they are all in flight together. Returns [(arrays, results) or exception]."""
+    decoding, so they are all in flight together (the batcher must give them that many decode
+    slots). Returns [(arrays, results) or exception]."""
     barrier = threading.Barrier(len(jobs), timeout=barrier_timeout)
     outcomes = [None] * len(jobs)
 
@@ -78,7 +79,7 @@ def test_concurrent_requests_share_one_forward_pass_and_get_their_own_results(pr
     predictor = predictors[0]
     predictor.passes.clear()
     jobs = [(predictor, photos(1 + i % 3, seed=i)) for i in range(8)]
-    outcomes = run_together(MicroBatcher(window_ms=2000, max_images=32), jobs)
+    outcomes = run_together(MicroBatcher(window_ms=2000, max_images=32, decode_slots=8), jobs)
     assert sum(predictor.passes) == sum(len(a) for _, a in jobs)
     assert len(predictor.passes) <= 2  # at most one forward pass besides the first leader's own
     for (_, arrays), (returned, results) in zip(jobs, outcomes):
@@ -90,7 +91,7 @@ def test_batches_never_exceed_max_images(predictors):
     predictor = predictors[0]
     predictor.passes.clear()
     jobs = [(predictor, photos(2, seed=10 + i)) for i in range(7)]
-    outcomes = run_together(MicroBatcher(window_ms=2000, max_images=4), jobs)
+    outcomes = run_together(MicroBatcher(window_ms=2000, max_images=4, decode_slots=8), jobs)
     assert max(predictor.passes) <= 4 and sum(predictor.passes) == 14
     for (_, arrays), (_, results) in zip(jobs, outcomes):
         same(results, expected(predictor, arrays))
@@ -117,7 +118,7 @@ def test_a_batch_never_mixes_models_and_answers_come_from_each_requests_model(pr
     for predictor in predictors:
         predictor.passes.clear()
     jobs = [(predictors[i % 2], photos(2, seed=40 + i)) for i in range(8)]
-    outcomes = run_together(MicroBatcher(window_ms=2000, max_images=32), jobs)
+    outcomes = run_together(MicroBatcher(window_ms=2000, max_images=32, decode_slots=8), jobs)
     assert sum(predictors[0].passes) == 8 and sum(predictors[1].passes) == 8
     for (predictor, arrays), (_, results) in zip(jobs, outcomes):
         same(results, expected(predictor, arrays))
@@ -129,7 +130,7 @@ def test_a_failed_decode_fails_only_its_request_and_nobody_waits_for_it(predicto
     jobs = [(predictor, photos(1, seed=50)), (predictor, CorruptImageError("the file is empty")),
             (predictor, photos(1, seed=51))]
     begin = time.perf_counter()
-    outcomes = run_together(MicroBatcher(window_ms=20_000, max_images=32), jobs)
+    outcomes = run_together(MicroBatcher(window_ms=20_000, max_images=32, decode_slots=8), jobs)
     assert time.perf_counter() - begin < 15  # well inside the 20 s window
     assert isinstance(outcomes[1], CorruptImageError)
     same(outcomes[0][1], expected(predictor, jobs[0][1]))
@@ -141,7 +142,7 @@ def test_a_failed_forward_pass_fails_every_request_of_the_batch(predictors):
         def predict_arrays(self, arrays):
             raise RuntimeError("forward failed")
     broken = Broken(predictors[0].model_dir)
-    outcomes = run_together(MicroBatcher(window_ms=2000, max_images=32),
+    outcomes = run_together(MicroBatcher(window_ms=2000, max_images=32, decode_slots=8),
                             [(broken, photos(1, seed=60 + i)) for i in range(3)])
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     # and the batcher still works afterwards
@@ -155,7 +156,7 @@ def test_a_failed_forward_pass_fails_every_request_of_the_batch(predictors):
 def test_off_runs_each_request_alone(predictors, window_ms, max_images):
     predictor = predictors[0]
     predictor.passes.clear()
-    batcher = MicroBatcher(window_ms, max_images)
+    batcher = MicroBatcher(window_ms, max_images, decode_slots=8)
     assert not batcher.enabled
     jobs = [(predictor, photos(1, seed=80 + i)) for i in range(4)]
     outcomes = run_together(batcher, jobs)
@@ -173,3 +174,23 @@ def test_settings_reach_the_app(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.delenv("BATCH_WINDOW_MS")
     app = create_app(config)
     assert batcher(app).enabled and batcher(app).max_images == 32
+
+
+def test_at_most_decode_slots_photos_are_decoded_at_once(predictors):
+    batcher = MicroBatcher(window_ms=5, max_images=32, decode_slots=2)
+    lock, inside, most = threading.Lock(), [0], [0]
+
+    def decode():
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+        return photos(1, seed=90)
+    threads = [threading.Thread(target=batcher.classify, args=(predictors[0], decode)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert most[0] == 2

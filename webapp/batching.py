@@ -16,6 +16,8 @@ import time
 from webapp import metrics
 
 EXTENSION = "batcher"
+DECODE_SLOTS = 2  # photos decoded at once per worker: a 12 MP decode takes ~40 MB, and more at a
+                  # time would not go faster on the worker's one core; it bounds the worker's memory
 
 
 class _Job:
@@ -28,31 +30,36 @@ class _Job:
 
 
 class MicroBatcher:
-    def __init__(self, window_ms: float, max_images: int):
+    def __init__(self, window_ms: float, max_images: int, decode_slots: int = DECODE_SLOTS):
         self.window_s = max(0.0, float(window_ms)) / 1000
         self.max_images = int(max_images)
         self.enabled = self.window_s > 0 and self.max_images > 1
         self._cond = threading.Condition()
         self._pending = []       # submitted jobs not yet in a batch, oldest first
         self._leading = False    # a leader is gathering or running a batch
-        self._decoding = 0       # requests decoding their photos, about to submit
+        self._decoding = 0       # requests decoding their photos (or waiting to), about to submit
+        self._decode_slots = threading.BoundedSemaphore(decode_slots)
 
     def classify(self, predictor, decode):
         """Run `decode()` -> arrays, then classify them, batched with concurrent requests.
         Returns (arrays, results); an exception of `decode` propagates and nothing is classified."""
         if not self.enabled:
-            arrays = decode()
+            arrays = self._decode(decode)
             return arrays, self._forward(predictor, arrays)
         with self._cond:
             self._decoding += 1
         try:
-            arrays = decode()
+            arrays = self._decode(decode)
         except BaseException:
             with self._cond:
                 self._decoding -= 1
                 self._cond.notify_all()  # a leader waiting for this request stops waiting
             raise
         return arrays, self._submit(_Job(predictor, arrays))
+
+    def _decode(self, decode):
+        with self._decode_slots:
+            return decode()
 
     @staticmethod
     def _forward(predictor, arrays):
