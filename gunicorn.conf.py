@@ -62,12 +62,36 @@ def post_fork(server, worker):
     """One malloc arena per worker (glibc): a worker's request threads take turns running forward
     passes, and with an arena per thread each kept its own high-water mark, so memory grew with
     the thread count. The GIL and the model lock serialise them anyway: no speed is lost."""
+    libc = glibc()
+    if libc is not None:
+        libc.mallopt(-8, 1)  # M_ARENA_MAX = -8
+
+
+def glibc():
     import ctypes
     import ctypes.util
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX = -8
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # not glibc: nothing to tune
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_last_trim = [0.0]
+
+
+def post_request(worker, req, environ, resp):
+    """At most every 2 s, hand freed heap pages back to the OS: decoding a 12 MP photo or loading a
+    new model version frees hundreds of MB that glibc would otherwise keep, so RSS tracks what a
+    worker really holds instead of its high-water mark."""
+    import time
+    now = time.monotonic()
+    if now - _last_trim[0] >= 2.0:
+        _last_trim[0] = now
+        libc = glibc()
+        if libc is not None:
+            libc.malloc_trim(0)
 
 
 def child_exit(server, worker):
