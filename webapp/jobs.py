@@ -225,13 +225,18 @@ def reconcile(conn):
                                   "killed, out of memory, or the machine restarted")
 
 
+def _job_row(conn, job_id):
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise JobError(f"no job {job_id}", 404, "not_found")
+    return row
+
+
 def get(job_id, since=0, app=None) -> dict:
     conn = _db(app)
     try:
         reconcile(conn)
-        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobError(f"no job {job_id}", 404, "not_found")
+        row = _job_row(conn, job_id)
         return job_dict(conn, row, since)
     finally:
         conn.close()
@@ -324,9 +329,7 @@ def cancel(job_id, app=None) -> dict:
     conn = _db(app)
     try:
         reconcile(conn)
-        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobError(f"no job {job_id}", 404, "not_found")
+        row = _job_row(conn, job_id)
         if row["status"] not in ACTIVE:
             raise JobError(f"job {job_id} is already {row['status']}", 409, "not_running")
         conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
