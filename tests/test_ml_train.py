@@ -124,13 +124,17 @@ def test_resume_with_other_settings_is_refused(tmp_path, tiny_dataset):
 
 def test_ddp_with_two_cpu_processes_agrees(tmp_path, tiny_dataset):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    # Each rank's stdout goes to its own file (torchrun --redirects): on one shared pipe the two
+    # ranks' lines can interleave mid-line.
     process = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "ml.train", "--data", str(tiny_dataset),
+        [torchrun, "--standalone", "--nproc-per-node", "2", "--log-dir", str(tmp_path / "logs"), "--redirects", "1",
+         "-m", "ml.train", "--data", str(tiny_dataset),
          *SMALL, "--preset", "fast", "--widths", "8", "16", "16", "--epochs", "2", "--batch-size", "40",
          "--precision", "fp32", "--out", str(tmp_path / "ddp")],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert process.returncode == 0, process.stdout + process.stderr
-    done = [json.loads(l) for l in process.stdout.splitlines() if l.startswith("{") and '"done"' in l]
+    lines = [l for f in sorted((tmp_path / "logs").rglob("stdout.log")) for l in f.read_text().splitlines()]
+    done = [json.loads(l) for l in lines if l.startswith("{") and '"done"' in l]
     assert sorted(d["rank"] for d in done) == [0, 1]
     assert done[0]["weights_digest"] == done[1]["weights_digest"]
     card = json.loads((tmp_path / "ddp" / "card.json").read_text())
