@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ml.data import CIFAR_MEAN, CIFAR_STD, augment, iterate_batches, load_dataset, normalize
+from ml.data import (CIFAR_MEAN, CIFAR_STD, alternating_flip, augment, iterate_batches, load_dataset,
+                     normalize)
 from ml.calibrate import fit_temperature
 from ml.evaluate import predict_logits, report_from_logits
 from ml.modelfile import write_model_dir
@@ -186,6 +187,8 @@ def train_one_epoch(model, optimizer, split, config, state, device, amp_dtype, e
     aug_gen = torch.Generator(device=device)
     aug_gen.set_state(state["aug_rng"]) if state.get("aug_rng") is not None else \
         aug_gen.manual_seed(config["seed"] * 7919 + epoch * 31 + rank)
+    if config["flip"]:
+        split = alternating_flip(split, config["seed"], epoch)
     batches = iterate_batches(split, config["batch_size"], shuffle, shard=(rank, world), drop_last=False)
     steps_per_epoch = math.ceil(len(split) / config["batch_size"])
     total_steps = steps_per_epoch * config["epochs"]
@@ -200,8 +203,7 @@ def train_one_epoch(model, optimizer, split, config, state, device, amp_dtype, e
         if step_in_epoch < state["step_in_epoch"]:
             continue  # resuming: these batches were done before the stop
         x = normalize(images.to(device, non_blocking=True))
-        if config["flip"] or config["translate"]:
-            x = augment(x, aug_gen, config["flip"], config["translate"])
+        x = augment(x, aug_gen, config["translate"])
         y = labels.to(device, non_blocking=True)
         set_lr(optimizer, lr_factor(config["schedule"], state["global_step"], total_steps))
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
@@ -466,7 +468,7 @@ def build_parser():
     p.add_argument("--lookahead", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
                    help="lookahead weight averaging (true/false)")
     p.add_argument("--flip", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                   help="random horizontal flips (true/false)")
+                   help="horizontal flips, alternating per epoch (true/false)")
     p.add_argument("--translate", type=int, default=None, help="random translation in pixels")
     p.add_argument("--tta", type=int, default=None, choices=[0, 1, 2],
                    help="test-time augmentation for the final report and serving")

@@ -44,7 +44,7 @@ def throughput(images, arch, kwargs, batch_size, precision, seconds):
 
     def step(i):
         start = (i * batch_size) % (len(images) - batch_size)
-        x = augment(normalize(images[start:start + batch_size]), generator)
+        x = augment(normalize(images[start:start + batch_size]), generator)  # translate, as in training
         with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
             loss = torch.nn.functional.cross_entropy(model(x).float(), labels)
         optimizer.zero_grad()

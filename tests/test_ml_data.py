@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ml import CIFAR10_CLASSES
-from ml.data import augment, iterate_batches, load_dataset, stratified_split
+from ml.data import alternating_flip, augment, iterate_batches, load_dataset, stratified_split
 
 
 def test_split_is_stratified_and_deterministic():
@@ -106,18 +106,28 @@ def test_cifar_reader_refuses_pickled_code(tmp_path):
         load_dataset(tmp_path)
 
 
-def test_augment_flips_and_translates_whole_batches():
+def test_augment_translates_whole_batches():
     images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     gen = torch.Generator().manual_seed(0)
-    out = augment(images, gen, flip=False, translate=0)
-    assert torch.equal(out, images)
-    out = augment(images, gen, flip=True, translate=2)
-    assert out.shape == images.shape
-    # every output row is a (possibly mirrored, shifted) piece of the padded input: values
-    # come from the same image and channel
+    assert torch.equal(augment(images, gen, translate=0), images)
+    out = augment(images, gen, translate=2)
+    assert out.shape == images.shape and not torch.equal(out, images)
+    # every output pixel comes from the same image and channel of the padded input
     for i in range(2):
         for c in range(3):
             assert set(out[i, c].flatten().tolist()) <= set(images[i, c].flatten().tolist())
+
+
+def test_alternating_flip_mirrors_each_image_on_every_other_epoch():
+    from ml.data import Split
+    images = torch.randint(0, 256, (64, 3, 4, 4), dtype=torch.uint8)
+    split = Split(images, torch.arange(64))
+    epochs = [alternating_flip(split, seed=0, epoch=e).images for e in range(3)]
+    mirrored = [(e == images.flip(3)).flatten(1).all(1) & ~(e == images).flatten(1).all(1) for e in epochs]
+    assert 16 < int(mirrored[0].sum()) < 48           # about half on epoch 0
+    assert torch.equal(mirrored[1], ~mirrored[0])      # exactly the other half on epoch 1
+    assert torch.equal(epochs[2], epochs[0])           # and the pattern repeats
+    assert torch.equal(alternating_flip(split, seed=1, epoch=0).labels, split.labels)
 
 
 def test_batches_cover_every_image_once_and_shard():
