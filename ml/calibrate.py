@@ -30,8 +30,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def main(argv=None):
-    from ml.data import load_dataset
-    from ml.evaluate import predict_logits, report_from_logits
+    from ml.evaluate import load_model_split, predict_logits, report_from_logits
     from ml.modelfile import load_model_dir, write_model_dir
     from ml.train import gallery_files, pick_device
 
@@ -44,8 +43,7 @@ def main(argv=None):
 
     device = pick_device(args.device)
     model, card = load_model_dir(args.model, device)
-    data = card["data"]
-    dataset = load_dataset(args.data, val_size=data["val_size"], split_seed=data["split_seed"])
+    dataset = load_model_split(args.data, card)
     norm = (card["normalization"]["mean"], card["normalization"]["std"])
     logits = predict_logits(model, dataset.val, device, tta=card["tta"], norm=norm)
     temperature = fit_temperature(logits, dataset.val.labels)

@@ -40,8 +40,7 @@ def predict_logits(model, split: Split, device, batch_size=500, tta=0, amp_dtype
     out = []
     for images, _ in iterate_batches(split, batch_size):
         x = normalize(images.to(device), *(norm or ()))
-        with torch.autocast(device.type if hasattr(device, "type") else str(device),
-                            dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             out.append(tta_logits(model, x, tta).float().cpu())
     return torch.cat(out)
 
@@ -102,6 +101,17 @@ def evaluate_model(model, split: Split, classes, split_name, device="cpu", tta=0
     return report_from_logits(logits / temperature, split.labels, classes, split_name, tta)
 
 
+def load_model_split(data_root, card, val_size=None):
+    """The dataset a model card describes, split as in its training run (same held-out images),
+    so a report or a calibration never looks at images the model was trained on."""
+    split_info = card.get("data", {})
+    dataset = load_dataset(data_root, val_size=val_size or split_info.get("val_size", 5000),
+                           split_seed=split_info.get("split_seed", 0))
+    if dataset.classes != card["classes"]:
+        sys.exit(f"the dataset's classes {dataset.classes} differ from the model's {card['classes']}")
+    return dataset
+
+
 def main(argv=None):
     from ml.modelfile import load_model_dir
     from ml.train import pick_device
@@ -120,11 +130,7 @@ def main(argv=None):
 
     device = pick_device(args.device)
     model, card = load_model_dir(args.model, device)
-    split_info = card.get("data", {})
-    dataset = load_dataset(args.data, val_size=args.val_size or split_info.get("val_size", 5000),
-                           split_seed=split_info.get("split_seed", 0))
-    if dataset.classes != card["classes"]:
-        sys.exit(f"the dataset's classes {dataset.classes} differ from the model's {card['classes']}")
+    dataset = load_model_split(args.data, card, args.val_size)
     tta = card.get("tta", 0) if args.tta is None else args.tta
     norm = (card["normalization"]["mean"], card["normalization"]["std"])
     report = evaluate_model(model, dataset.val, dataset.classes, dataset.val_name, device, tta, norm=norm,

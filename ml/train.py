@@ -47,7 +47,7 @@ PRESETS = {
         bias_lr_scale=64.0, whiten_bias_epochs=3, lookahead=True, flip=True, translate=2, tta=2,
         precision="auto"),
     "best": dict(
-        arch="airnet", widths=[128, 384, 384], epochs=16, batch_size=1024, lr=1.5, momentum=0.85,
+        arch="airnet", widths=[128, 384, 384], epochs=20, batch_size=1024, lr=1.5, momentum=0.85,
         nesterov=True, weight_decay=0.00133, schedule="airbench", label_smoothing=0.2,
         bias_lr_scale=64.0, whiten_bias_epochs=3, lookahead=True, flip=True, translate=2, tta=2,
         precision="auto"),

@@ -342,8 +342,11 @@ def test_health_and_readiness(app, client, predictor):
 def test_openapi_document_is_served_and_valid(client):
     response = conforms(client.get("/api/openapi.json"))
     assert response.get_json() == SPEC
-    documented = {"/api/v1/predict", "/predictions/{model_name}", "/api/v1/model", "/healthz", "/readyz"}
+    documented = {"/api/v1/predict", "/predictions/{model_name}", "/api/v1/model", "/healthz", "/readyz",
+                  "/metrics"}
     assert documented <= set(SPEC["paths"])
+    metrics = conforms(client.get("/metrics"))
+    assert b"webapp_http_requests_total" in metrics.data
 
 
 def test_openapi_validation_catches_a_wrong_shape(client):
