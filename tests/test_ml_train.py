@@ -149,3 +149,18 @@ def test_training_on_a_few_hundred_real_images(tmp_path, real_data_dir):
     epochs = [r for r in records if r["type"] == "epoch"]
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert card["evaluation"]["accuracy"] > 0.15  # above chance after 2 short epochs
+
+
+def test_calibrate_cli_refits_on_the_training_runs_own_validation_split(tmp_path, tiny_dataset):
+    from ml import calibrate
+    card, _ = run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
+                        "--epochs", "2", "--batch-size", "40", "--precision", "fp32", "--val-size", "60")
+    card_path = tmp_path / "model" / "card.json"
+    stale = dict(json.loads(card_path.read_text()), temperature=1.0)
+    card_path.write_text(json.dumps(stale))
+    calibrate.main(["--model", str(tmp_path / "model"), "--data", str(tiny_dataset)])
+    _, rewritten = load_model_dir(tmp_path / "model")  # weights digest still verifies
+    # same 60 held-out images as in training, so the same logits and the same fitted temperature
+    assert rewritten["evaluation"]["images"] == 60
+    assert rewritten["temperature"] == pytest.approx(card["temperature"], rel=1e-4)
+    assert rewritten["evaluation"]["accuracy"] == pytest.approx(card["evaluation"]["accuracy"])
