@@ -13,9 +13,10 @@ Workers are never recycled during the soak (WEB_MAX_REQUESTS=0; in production gu
 recycles a worker after 1000-1200 requests): a worker that crashed, was killed for a timeout or
 ran out of memory would show as a changed pid, and a leak would show in its memory instead of
 being hidden by recycling. Memory growth is measured from the end of a warm-up (the same mix of
-requests, no training, a tenth of the run, longer until every worker did some work) to the end: a worker's heap grows once to a plateau as
-it meets forward passes of every batch size (glibc keeps freed memory), which is not a leak; the
-RSS right after start is reported too.
+requests, no training, a tenth of the run, longer until every worker did some work) to the end,
+both times at rest (see settled_memory): a worker's heap grows once to a plateau as it meets
+forward passes of every batch size, which is not a leak. The RSS right after start and the highest
+RSS sampled during the run (every MEMORY_SAMPLE_S, requests in flight) are reported too.
 
 Checks, all must hold (exit status 1 otherwise): no 5xx, every answer has the status it should,
 no transport errors, the same worker pids at the end, each worker's RSS grew by less than 10%,
@@ -50,6 +51,9 @@ RECONNECT_CHANCE = 0.2
 WARM_CPU_S = 2.0             # the warm-up lasts until every worker has done this much work
 SEVERAL_MAX_BYTES = 400_000  # photos sent 2-16 per request: 16 of them stay under the 10 MB limit
 ACTIVE = ("queued", "running")
+MEMORY_SAMPLE_S = 2.0
+SETTLE_S = 3.0               # longer than gunicorn.conf.py's TRIM_EVERY_S
+SETTLE_REQUESTS = 40         # P(a worker of 2 gets none) = 2 * 0.5**40
 
 
 def write_training_set(root, per_class=(30, 8), seed=0) -> Path:
@@ -106,6 +110,7 @@ class Soak:
         self.sent = 0
         self.statuses, self.unexpected, self.transport_errors, self.versions = {}, [], [], {}
         self.jobs = []
+        self.peak_rss = {}
 
     # -- clients --
 
@@ -182,11 +187,21 @@ class Soak:
                 time.sleep(1)
         return job
 
+    # -- memory under load --
+
+    def sample_memory(self, deadline):
+        while time.time() < deadline:
+            for pid, mb in memory(self.server).items():
+                if mb is not None:
+                    self.peak_rss[pid] = max(mb, self.peak_rss.get(pid, 0.0))
+            time.sleep(MEMORY_SAMPLE_S)
+
     def run(self, seconds, train=True):
         deadline = time.time() + seconds
         threads = [threading.Thread(target=self.client, args=(seed, deadline)) for seed in range(self.clients)]
         if train:
-            threads.append(threading.Thread(target=self.trainer, args=(deadline,)))
+            threads += [threading.Thread(target=self.trainer, args=(deadline,)),
+                        threading.Thread(target=self.sample_memory, args=(deadline,))]
         start = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -211,12 +226,23 @@ def memory(server) -> dict:
     return {pid: rss_mb(pid) for pid in server.workers()}
 
 
+def settled_memory(server) -> dict:
+    """Worker RSS at rest, read the same way after the warm-up and at the end. Once the load has
+    stopped, each worker still holds what its last requests freed (a 12 MP decode frees ~100 MB)
+    until its next trim, which gunicorn.conf.py's post_request does at most every TRIM_EVERY_S: so
+    wait past that, send light requests on fresh connections until every worker has answered
+    (the kernel hands connections to workers at random), then read."""
+    time.sleep(SETTLE_S)
+    for _ in range(SETTLE_REQUESTS):
+        request(server.base, "GET", "/healthz")
+    return memory(server)
+
+
 def report(soak, server, token, rss, seconds) -> dict:
-    """The summary and its checks; `rss` = worker memory {"started", "warmed"}, in MiB by pid."""
-    baseline = rss["warmed"]
+    """The summary and its checks; `rss` = worker memory {"started", "warmed", "end"}, in MiB by pid."""
+    baseline, end = rss["warmed"], rss["end"]
     listed = get_json(server.base, "/api/v1/admin/versions", token)["versions"]
     valid = {str(v["version"]) for v in listed}
-    end = memory(server)
     growth = {str(pid): (end[pid] / before - 1) if end.get(pid) else None for pid, before in baseline.items()}
     log = server.log_text()
     summary = {
@@ -230,6 +256,7 @@ def report(soak, server, token, rss, seconds) -> dict:
         "rss_mb_started": {str(p): round(v, 1) for p, v in rss["started"].items()},
         "rss_mb_warmed": {str(p): round(v, 1) for p, v in baseline.items()},
         "rss_mb_end": {str(p): round(v, 1) for p, v in end.items() if v},
+        "rss_mb_peak_under_load": {str(p): round(v, 1) for p, v in soak.peak_rss.items()},
         "rss_growth": growth, "worker_timeouts_in_log": log.count("WORKER TIMEOUT"),
         "versions_seen": soak.versions, "versions_valid": sorted(valid),
         "jobs": [{"id": j.get("id"), "status": j.get("status"), "version": j.get("version"),
@@ -269,8 +296,10 @@ def main(argv=None):
             soak = Soak(server, photos, bad_requests(photos[1]), token, args.clients, args.max_requests)
             rss = {"started": memory(server)}
             rss["warm_up_seconds"] = warm_up(server, soak, args.warm_up or max(10.0, args.seconds / 10))
-            rss["warmed"] = memory(server)
-            summary = report(soak, server, token, rss, soak.run(args.seconds))
+            rss["warmed"] = settled_memory(server)
+            seconds = soak.run(args.seconds)
+            rss["end"] = settled_memory(server)
+            summary = report(soak, server, token, rss, seconds)
         finally:
             server.stop()
     text = json.dumps(summary, indent=1)
