@@ -8,6 +8,7 @@ recycles a worker: the benchmark and the soak test use 0 so a leak or a crash ca
 Prometheus samples of all workers meet in PROMETHEUS_MULTIPROC_DIR (default <instance>/prometheus).
 """
 
+import functools
 import os
 
 
@@ -67,7 +68,9 @@ def post_fork(server, worker):
         libc.mallopt(-8, 1)  # M_ARENA_MAX = -8
 
 
+@functools.cache
 def glibc():
+    """This process's C library when it is glibc (mallopt, malloc_trim), else None."""
     import ctypes
     import ctypes.util
     try:

@@ -29,8 +29,18 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(log_t.detach().exp())
 
 
+def calibrated_report(model, dataset, device, tta, norm):
+    """(temperature, report) on the dataset's validation split, in full precision as served: the
+    temperature is fitted on these logits and the report's probabilities use it."""
+    from ml.evaluate import predict_logits, report_from_logits
+    logits = predict_logits(model, dataset.val, device, tta=tta, norm=norm)
+    temperature = fit_temperature(logits, dataset.val.labels)
+    return temperature, report_from_logits(logits / temperature, dataset.val.labels, dataset.classes,
+                                           dataset.val_name, tta)
+
+
 def main(argv=None):
-    from ml.evaluate import load_model_split, predict_logits, report_from_logits
+    from ml.evaluate import load_model_split
     from ml.modelfile import load_model_dir, write_model_dir
     from ml.train import gallery_files, pick_device
 
@@ -45,10 +55,7 @@ def main(argv=None):
     model, card = load_model_dir(args.model, device)
     dataset = load_model_split(args.data, card)
     norm = (card["normalization"]["mean"], card["normalization"]["std"])
-    logits = predict_logits(model, dataset.val, device, tta=card["tta"], norm=norm)
-    temperature = fit_temperature(logits, dataset.val.labels)
-    report = report_from_logits(logits / temperature, dataset.val.labels, dataset.classes,
-                                dataset.val_name, card["tta"])
+    temperature, report = calibrated_report(model, dataset, device, card["tta"], norm)
     before = card["evaluation"]["ece"]
     card = dict(card, temperature=temperature, evaluation=report)
     card.pop("weights_sha256")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ml.data import (CIFAR_MEAN, CIFAR_STD, alternating_flip, augment, iterate_batches, load_dataset,
                      normalize)
-from ml.calibrate import fit_temperature
+from ml.calibrate import calibrated_report
 from ml.evaluate import predict_logits, report_from_logits
 from ml.modelfile import write_model_dir
 from ml.models import build_model, count_parameters
@@ -350,10 +350,7 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
         sync_buffers(model, world)
     train_seconds = state["elapsed_before"] + time.perf_counter() - state["start_time"]
     # Final report in full precision, as served; the temperature makes its probabilities honest.
-    logits = predict_logits(model, dataset.val, device, tta=config["tta"], norm=norm)
-    temperature = fit_temperature(logits, dataset.val.labels)
-    report = report_from_logits(logits / temperature, dataset.val.labels, dataset.classes,
-                                dataset.val_name, config["tta"])
+    temperature, report = calibrated_report(model, dataset, device, config["tta"], norm)
     digest = weights_digest(model)
     emit({"type": "done", "rank": rank, "accuracy": report["accuracy"], "eval_split": dataset.val_name,
           "train_seconds": train_seconds, "weights_digest": digest})

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.serve_tools import (SHIPPED_MODEL, Server, exit_on_sigterm, make_photos,  # noqa: E402
-                                 multipart, new_connection, percentile, photo_file, request, rss_mb)
+                                 multipart, new_connection, percentile, photo_file, request, worker_rss)
 
 MULTI_IMAGES = 16
 MULTI_MAX_SIDE = 1600      # 16 phone photos do not fit the 10 MB request limit; web-sized ones do
@@ -149,10 +149,6 @@ def scrape_batches(base) -> tuple:
     total = re.search(r"^webapp_batch_images_sum (\S+)$", text, re.M)
     count = re.search(r"^webapp_batch_images_count (\S+)$", text, re.M)
     return (float(total.group(1)) if total else 0.0), (float(count.group(1)) if count else 0.0)
-
-
-def worker_rss(server) -> dict:
-    return {pid: rss_mb(pid) for pid in server.workers()}
 
 
 def measured(server, bodies, concurrency, total, seconds) -> dict:

@@ -176,6 +176,11 @@ def rss_mb(pid: int):
     return None
 
 
+def worker_rss(server) -> dict:
+    """{worker pid: RSS in MiB} of a running Server."""
+    return {pid: rss_mb(pid) for pid in server.workers()}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of `pid` so far (/proc/<pid>/stat), 0 when it is gone."""
     try:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.serve_tools import (SHIPPED_MODEL, Server, exit_on_sigterm, get_json,  # noqa: E402
                                  cpu_seconds, make_photos, multipart, new_connection, photo_file,
-                                 request, rss_mb)
+                                 request, worker_rss)
 
 JOB = {"preset": "seed", "epochs": 1, "limit": 300, "batch_size": 50}
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -191,7 +191,7 @@ class Soak:
 
     def sample_memory(self, deadline):
         while time.time() < deadline:
-            for pid, mb in memory(self.server).items():
+            for pid, mb in worker_rss(self.server).items():
                 if mb is not None:
                     self.peak_rss[pid] = max(mb, self.peak_rss.get(pid, 0.0))
             time.sleep(MEMORY_SAMPLE_S)
@@ -222,10 +222,6 @@ def warm_up(server, soak, seconds) -> float:
     return spent
 
 
-def memory(server) -> dict:
-    return {pid: rss_mb(pid) for pid in server.workers()}
-
-
 def settled_memory(server) -> dict:
     """Worker RSS at rest, read the same way after the warm-up and at the end. Once the load has
     stopped, each worker still holds what its last requests freed (a 12 MP decode frees ~100 MB)
@@ -235,7 +231,7 @@ def settled_memory(server) -> dict:
     time.sleep(SETTLE_S)
     for _ in range(SETTLE_REQUESTS):
         request(server.base, "GET", "/healthz")
-    return memory(server)
+    return worker_rss(server)
 
 
 def report(soak, server, token, rss, seconds) -> dict:
@@ -294,7 +290,7 @@ def main(argv=None):
         try:
             server.first_prediction(photos[0])
             soak = Soak(server, photos, bad_requests(photos[1]), token, args.clients, args.max_requests)
-            rss = {"started": memory(server)}
+            rss = {"started": worker_rss(server)}
             rss["warm_up_seconds"] = warm_up(server, soak, args.warm_up or max(10.0, args.seconds / 10))
             rss["warmed"] = settled_memory(server)
             seconds = soak.run(args.seconds)
