@@ -8,7 +8,6 @@ recycles a worker: the benchmark and the soak test use 0 so a leak or a crash ca
 Prometheus samples of all workers meet in PROMETHEUS_MULTIPROC_DIR (default <instance>/prometheus).
 """
 
-import functools
 import os
 
 
@@ -63,22 +62,10 @@ def post_fork(server, worker):
     """One malloc arena per worker (glibc): a worker's request threads take turns running forward
     passes, and with an arena per thread each kept its own high-water mark, so memory grew with
     the thread count. The GIL and the model lock serialise them anyway: no speed is lost."""
+    from ml.libc import M_ARENA_MAX, glibc
     libc = glibc()
     if libc is not None:
-        libc.mallopt(-8, 1)  # M_ARENA_MAX = -8
-
-
-@functools.cache
-def glibc():
-    """This process's C library when it is glibc (mallopt, malloc_trim), else None."""
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # not glibc: nothing to tune
-        return libc
-    except (OSError, AttributeError):
-        return None
+        libc.mallopt(M_ARENA_MAX, 1)
 
 
 TRIM_EVERY_S = 2.0  # scripts/soak.py waits longer than this before it reads a worker's memory
@@ -93,6 +80,7 @@ def post_request(worker, req, environ, resp):
     now = time.monotonic()
     if now - _last_trim[0] >= TRIM_EVERY_S:
         _last_trim[0] = now
+        from ml.libc import glibc
         libc = glibc()
         if libc is not None:
             libc.malloc_trim(0)

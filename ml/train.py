@@ -27,8 +27,10 @@ from ml.data import (CIFAR_MEAN, CIFAR_STD, alternating_flip, augment, iterate_b
                      normalize)
 from ml.calibrate import calibrated_report
 from ml.evaluate import predict_logits, report_from_logits
+from ml.libc import keep_freed_memory
 from ml.modelfile import write_model_dir
 from ml.models import build_model, count_parameters
+from ml.muon import Muon
 
 EXIT_STOPPED = 3  # stopped by SIGTERM/SIGINT after writing a resume checkpoint
 
@@ -36,21 +38,26 @@ EXIT_STOPPED = 3  # stopped by SIGTERM/SIGINT after writing a resume checkpoint
 # (scaled linearly when only --batch-size is changed); weight_decay is SGD's (decay = lr * wd).
 # The airbench numbers (lr 11.5 and wd 0.0153 per 1024 summed examples, momentum 0.85) are
 # converted to that convention: lr = 11.5 / (1 + 1 / (1 - 0.85)) = 1.5, wd = 0.0153 / (7.67 * 1.5).
+# airbench94_muon's SGD part (head lr 0.67 per summed example at batch 2000 with unit-std head
+# weights and logits / 256; decay 0.004 per step) is the same dynamics on our head, which starts
+# at the same function with logits / 9: lr = 0.67 * 2000 * (9 / 256)^2 = 1.65, wd = 0.004 / 1.65.
+# muon_lr is the spectral step size of Muon's filter updates (filters keep a fixed norm).
 PRESETS = {
     "seed": dict(  # the tutorial: SGD lr 0.001 momentum 0.9, batch size 5, 20 epochs, no augmentation
-        arch="seednet", widths=None, epochs=20, batch_size=5, lr=0.001, momentum=0.9, nesterov=False,
-        weight_decay=0.0, schedule="constant", label_smoothing=0.0, bias_lr_scale=1.0,
-        whiten_bias_epochs=0, lookahead=False, flip=False, translate=0, tta=0, precision="fp32"),
-    "fast": dict(
-        arch="airnet", widths=[64, 256, 256], epochs=8, batch_size=1024, lr=1.5, momentum=0.85,
-        nesterov=True, weight_decay=0.00133, schedule="airbench", label_smoothing=0.2,
-        bias_lr_scale=64.0, whiten_bias_epochs=3, lookahead=True, flip=True, translate=2, tta=2,
-        precision="auto"),
-    "best": dict(
-        arch="airnet", widths=[128, 384, 384], epochs=20, batch_size=1024, lr=1.5, momentum=0.85,
-        nesterov=True, weight_decay=0.00133, schedule="airbench", label_smoothing=0.2,
-        bias_lr_scale=64.0, whiten_bias_epochs=3, lookahead=True, flip=True, translate=2, tta=2,
-        precision="auto"),
+        arch="seednet", widths=None, epochs=20, batch_size=5, optimizer="sgd", lr=0.001, momentum=0.9,
+        nesterov=False, weight_decay=0.0, muon_lr=0.0, muon_momentum=0.0, schedule="constant",
+        label_smoothing=0.0, bias_lr_scale=1.0, whiten_bias_epochs=0, lookahead=False, flip=False,
+        translate=0, tta=0, precision="fp32"),
+    "fast": dict(  # airbench94_muon: Muon for conv filters, SGD for the head and BatchNorm shifts
+        arch="airnet", widths=[64, 256, 256], epochs=8, batch_size=2000, optimizer="muon", lr=1.65,
+        momentum=0.85, nesterov=True, weight_decay=0.00242, muon_lr=0.24, muon_momentum=0.6,
+        schedule="linear", label_smoothing=0.2, bias_lr_scale=64.0, whiten_bias_epochs=3,
+        lookahead=False, flip=True, translate=2, tta=2, precision="auto"),
+    "best": dict(  # airbench94's SGD recipe on a wider net, 20 epochs
+        arch="airnet", widths=[128, 384, 384], epochs=20, batch_size=1024, optimizer="sgd", lr=1.5,
+        momentum=0.85, nesterov=True, weight_decay=0.00133, muon_lr=0.0, muon_momentum=0.0,
+        schedule="airbench", label_smoothing=0.2, bias_lr_scale=64.0, whiten_bias_epochs=3,
+        lookahead=True, flip=True, translate=2, tta=2, precision="auto"),
 }
 WARMUP_FRACTION = 0.23        # airbench schedule: 0.2x -> 1x over this share of steps, then -> 0.07x
 LOOKAHEAD_EVERY = 5           # steps between lookahead (EMA pull-back) updates
@@ -100,6 +107,8 @@ def resolve_config(args) -> dict:
 def lr_factor(schedule: str, step: int, total_steps: int) -> float:
     if schedule == "constant":
         return 1.0
+    if schedule == "linear":
+        return 1 - step / total_steps
     warmup = max(1, int(total_steps * WARMUP_FRACTION))
     if step < warmup:
         frac = step / warmup
@@ -122,15 +131,25 @@ class Lookahead:
 
 
 def make_optimizer(model, config):
+    """SGD for every parameter (airbench94), or Muon for the conv filters and SGD for the rest
+    (airbench94_muon, which also gives the whitening bias the BatchNorm shifts' rate)."""
     # BatchNorm shifts learn `bias_lr_scale` times faster; their decay is scaled back so every
     # parameter decays by the same amount per step.
-    norm_params = [p for n, p in model.named_parameters() if "norm" in n and p.requires_grad]
-    other_params = [p for n, p in model.named_parameters() if "norm" not in n and p.requires_grad]
+    muon = config["optimizer"] == "muon"
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    filters = [p for n, p in named if muon and p.ndim == 4]
+    shifts = [p for n, p in named if "norm" in n or (muon and n == "whiten.bias")]
+    taken = {id(p) for p in filters + shifts}
+    others = [p for n, p in named if id(p) not in taken]
     lr, wd, scale = config["lr"], config["weight_decay"], config["bias_lr_scale"]
-    groups = [dict(params=other_params, lr=lr, weight_decay=wd, base_lr=lr)]
-    if norm_params:
-        groups.append(dict(params=norm_params, lr=lr * scale, weight_decay=wd / scale, base_lr=lr * scale))
-    return torch.optim.SGD(groups, lr=lr, momentum=config["momentum"], nesterov=config["nesterov"])
+    groups = [dict(params=others, lr=lr, weight_decay=wd, base_lr=lr)]
+    if shifts:
+        groups.append(dict(params=shifts, lr=lr * scale, weight_decay=wd / scale, base_lr=lr * scale))
+    if not muon:
+        return torch.optim.SGD(groups, lr=lr, momentum=config["momentum"], nesterov=config["nesterov"])
+    groups.append(dict(params=filters, lr=config["muon_lr"], base_lr=config["muon_lr"],
+                       momentum=config["muon_momentum"], orthogonalize=True))
+    return Muon(groups, lr=lr, momentum=config["momentum"], nesterov=config["nesterov"])
 
 
 def set_lr(optimizer, factor):
@@ -278,6 +297,7 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
     if device.type == "cuda":
         torch.cuda.set_device(device)
     stop = stop or StopFlag()
+    keep_freed_memory()
     wall_start = time.perf_counter()
     torch.manual_seed(config["seed"])
     dataset = load_dataset(config["data"], val_size=config["val_size"], split_seed=config["split_seed"],
@@ -452,12 +472,17 @@ def build_parser():
     p.add_argument("--widths", type=int, nargs=3, default=None, help="airnet conv group widths")
     p.add_argument("--epochs", type=int, default=None, help="training epochs")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (images)")
+    p.add_argument("--optimizer", default=None, choices=["sgd", "muon"],
+                   help="sgd for every parameter, or muon for conv filters and sgd for the rest")
     p.add_argument("--lr", type=float, default=None, help="SGD learning rate for the batch-mean loss")
     p.add_argument("--momentum", type=float, default=None, help="SGD momentum")
     p.add_argument("--nesterov", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
                    help="Nesterov momentum (true/false)")
     p.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay (decay = lr * wd)")
-    p.add_argument("--schedule", default=None, choices=["constant", "airbench"], help="learning-rate schedule")
+    p.add_argument("--muon-lr", type=float, default=None, help="Muon step size for conv filters")
+    p.add_argument("--muon-momentum", type=float, default=None, help="Muon's Nesterov momentum")
+    p.add_argument("--schedule", default=None, choices=["constant", "airbench", "linear"],
+                   help="learning-rate schedule: constant, airbench (warm-up then decay), linear (to 0)")
     p.add_argument("--label-smoothing", type=float, default=None, help="label smoothing, 0..1")
     p.add_argument("--bias-lr-scale", type=float, default=None, help="learning-rate multiplier for BN shifts")
     p.add_argument("--whiten-bias-epochs", type=int, default=None,

@@ -4,7 +4,8 @@
 
 Throughput is measured on real training batches (augmentation included) in this one run, so the
 rows compare with each other even on a shared, noisy machine; the tutorial's set-up (seednet,
-batch 5, fp32) is the baseline row.
+batch 5, fp32) is the baseline row. The allocator column compares glibc's default, which unmaps
+and page-faults large buffers every step, with ml.libc.keep_freed_memory() as ml.train uses it.
 """
 
 import argparse
@@ -17,25 +18,33 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ml.data import augment, load_dataset, normalize  # noqa: E402
+from ml.libc import keep_freed_memory  # noqa: E402
 from ml.models import build_model  # noqa: E402
-from ml.train import PRESETS, build_parser, pick_amp_dtype, resolve_config, train  # noqa: E402
+from ml.train import (PRESETS, build_parser, make_optimizer, pick_amp_dtype, resolve_config,  # noqa: E402
+                      train)
 
-CONFIGS = [  # (row label, arch, kwargs, batch size, precision)
-    ("seednet (tutorial, batch 5)", "seednet", {}, 5, "fp32"),
-    ("seednet", "seednet", {}, 512, "fp32"),
-    ("seednet", "seednet", {}, 512, "bf16"),
-    ("airnet fast", "airnet", {"widths": PRESETS["fast"]["widths"]}, 1024, "fp32"),
-    ("airnet fast", "airnet", {"widths": PRESETS["fast"]["widths"]}, 1024, "bf16"),
-    ("airnet best", "airnet", {"widths": PRESETS["best"]["widths"]}, 1024, "bf16"),
+FAST, BEST = PRESETS["fast"], PRESETS["best"]
+# (row label, preset whose model and optimizer the row trains, batch size, precision, allocator).
+# Rows with glibc's default allocator run first: keep_freed_memory() cannot be undone in a process.
+CONFIGS = [
+    ("seednet (tutorial, batch 5)", "seed", 5, "fp32", "default"),
+    ("airnet fast", "fast", FAST["batch_size"], "bf16", "default"),
+    ("seednet", "seed", 512, "fp32", "kept"),
+    ("seednet", "seed", 512, "bf16", "kept"),
+    ("airnet fast", "fast", FAST["batch_size"], "fp32", "kept"),
+    ("airnet fast", "fast", FAST["batch_size"], "bf16", "kept"),
+    ("airnet best", "best", BEST["batch_size"], "bf16", "kept"),
 ]
 
 
-def throughput(images, arch, kwargs, batch_size, precision, seconds):
-    """Training images/s: forward, backward and SGD step on augmented real batches."""
+def throughput(images, preset, batch_size, precision, seconds):
+    """Training images/s: forward, backward and the preset's optimizer step on augmented real batches."""
     device = torch.device("cpu")
     torch.manual_seed(0)
-    model = build_model(arch, **kwargs).to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    config = PRESETS[preset]
+    kwargs = {"widths": config["widths"]} if config["arch"] == "airnet" else {}
+    model = build_model(config["arch"], **kwargs).to(memory_format=torch.channels_last).train()
+    optimizer = make_optimizer(model, config)
     amp = pick_amp_dtype(precision, device)
     if precision == "bf16" and amp is None:
         return None  # this CPU has no bf16 support
@@ -80,16 +89,19 @@ def main():
     images = dataset.train.images[:20000]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"bf16 autocast: {pick_amp_dtype('auto', torch.device('cpu')) is not None}\n")
-    print("| model | batch | precision | train images/s | vs tutorial |")
-    print("|---|---|---|---|---|")
+    print("| model | batch | precision | allocator | train images/s | vs tutorial |")
+    print("|---|---|---|---|---|---|")
     baseline = None
-    for label, arch, kwargs, batch, precision in CONFIGS:
-        rate = throughput(images, arch, kwargs, batch, precision, args.seconds)
+    for label, preset, batch, precision, allocator in CONFIGS:
+        if allocator == "kept":
+            keep_freed_memory()  # as ml.train does
+        rate = throughput(images, preset, batch, precision, args.seconds)
+        row = f"| {label} | {batch} | {precision} | {allocator} |"
         if rate is None:
-            print(f"| {label} | {batch} | {precision} | n/a | |")
+            print(f"{row} n/a | |")
             continue
         baseline = baseline or rate
-        print(f"| {label} | {batch} | {precision} | {rate:,.0f} | {rate / baseline:.1f}x |", flush=True)
+        print(f"{row} {rate:,.0f} | {rate / baseline:.1f}x |", flush=True)
     if args.skip_full:
         return
     card, epochs, reached = time_to_accuracy(args.data, [0.85, 0.90])

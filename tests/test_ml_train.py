@@ -11,7 +11,7 @@ import pytest
 
 from conftest import PROJECT_ROOT
 from ml.modelfile import load_model_dir
-from ml.train import EXIT_STOPPED, build_parser, resolve_config, train
+from ml.train import EXIT_STOPPED, PRESETS, build_parser, resolve_config, train
 
 SMALL = ["--val-size", "40", "--threads", "1"]
 
@@ -52,7 +52,9 @@ def test_seed_preset_is_the_tutorial_recipe():
 
 def test_flags_override_presets_and_batch_size_scales_lr():
     config = resolve_config(build_parser().parse_args(["--preset", "fast", "--batch-size", "512", "--epochs", "3"]))
-    assert config["epochs"] == 3 and config["batch_size"] == 512 and config["lr"] == pytest.approx(0.75)
+    preset = PRESETS["fast"]
+    assert config["epochs"] == 3 and config["batch_size"] == 512
+    assert config["lr"] == pytest.approx(preset["lr"] * 512 / preset["batch_size"])
     config = resolve_config(build_parser().parse_args(["--preset", "fast", "--batch-size", "512", "--lr", "0.1"]))
     assert config["lr"] == 0.1
 
