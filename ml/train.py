@@ -53,7 +53,7 @@ PRESETS = {
         momentum=0.85, nesterov=True, weight_decay=0.00242, muon_lr=0.24, muon_momentum=0.6,
         schedule="linear", label_smoothing=0.2, bias_lr_scale=64.0, whiten_bias_epochs=3,
         lookahead=False, flip=True, translate=2, tta=2, precision="auto"),
-    "best": dict(  # airbench94's SGD recipe on a wider net, 20 epochs
+    "best": dict(  # airbench94's SGD recipe on a wider net, 20 epochs: the shipped model
         arch="airnet", widths=[128, 384, 384], epochs=20, batch_size=1024, optimizer="sgd", lr=1.5,
         momentum=0.85, nesterov=True, weight_decay=0.00133, muon_lr=0.0, muon_momentum=0.0,
         schedule="airbench", label_smoothing=0.2, bias_lr_scale=64.0, whiten_bias_epochs=3,
