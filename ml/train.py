@@ -41,11 +41,12 @@ EXIT_STOPPED = 3  # stopped by SIGTERM/SIGINT after writing a resume checkpoint
 # airbench94_muon's SGD part (head lr 0.67 per summed example at batch 2000 with unit-std head
 # weights and logits / 256; decay 0.004 per step) is the same dynamics on our head, which starts
 # at the same function with logits / 9: lr = 0.67 * 2000 * (9 / 256)^2 = 1.65, wd = 0.004 / 1.65.
-# muon_lr is the spectral step size of Muon's filter updates (filters keep a fixed norm).
+# muon_lr is the spectral step size of Muon's filter updates (filters keep a fixed norm); muon_lr and
+# muon_momentum are airbench94_muon's in every preset and used only with optimizer="muon".
 PRESETS = {
     "seed": dict(  # the tutorial: SGD lr 0.001 momentum 0.9, batch size 5, 20 epochs, no augmentation
         arch="seednet", widths=None, epochs=20, batch_size=5, optimizer="sgd", lr=0.001, momentum=0.9,
-        nesterov=False, weight_decay=0.0, muon_lr=0.0, muon_momentum=0.0, schedule="constant",
+        nesterov=False, weight_decay=0.0, muon_lr=0.24, muon_momentum=0.6, schedule="constant",
         label_smoothing=0.0, bias_lr_scale=1.0, whiten_bias_epochs=0, lookahead=False, flip=False,
         translate=0, tta=0, precision="fp32"),
     "fast": dict(  # airbench94_muon: Muon for conv filters, SGD for the head and BatchNorm shifts
@@ -55,7 +56,7 @@ PRESETS = {
         lookahead=False, flip=True, translate=2, tta=2, precision="auto"),
     "best": dict(  # airbench94's SGD recipe on a wider net, 20 epochs: the shipped model
         arch="airnet", widths=[128, 384, 384], epochs=20, batch_size=1024, optimizer="sgd", lr=1.5,
-        momentum=0.85, nesterov=True, weight_decay=0.00133, muon_lr=0.0, muon_momentum=0.0,
+        momentum=0.85, nesterov=True, weight_decay=0.00133, muon_lr=0.24, muon_momentum=0.6,
         schedule="airbench", label_smoothing=0.2, bias_lr_scale=64.0, whiten_bias_epochs=3,
         lookahead=True, flip=True, translate=2, tta=2, precision="auto"),
 }

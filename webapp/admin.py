@@ -61,7 +61,7 @@ def home():
 @bp.get("/jobs/new")
 @auth.login_required
 def new_job():
-    return render_template("admin_job_new.html", sources=jobs.data_sources(), presets=jobs.PRESETS,
+    return render_template("admin_job_new.html", sources=jobs.data_sources(), presets=jobs.preset_summaries(),
                            form={}, error=None, running=jobs.active_job())
 
 
@@ -72,7 +72,7 @@ def start_job():
     try:
         job = jobs.start(form)
     except jobs.JobError as error:
-        return render_template("admin_job_new.html", sources=jobs.data_sources(), presets=jobs.PRESETS,
+        return render_template("admin_job_new.html", sources=jobs.data_sources(), presets=jobs.preset_summaries(),
                                form=form, error=str(error), running=jobs.active_job()), error.status
     return redirect(url_for("admin.job_page", job_id=job["id"]))
 

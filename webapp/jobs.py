@@ -20,16 +20,25 @@ from pathlib import Path
 
 from flask import current_app
 
+from ml.train import PRESETS as TRAINING_PRESETS
 from webapp import PROJECT_ROOT
 from webapp.db import connect, db_path_for
 
 ACTIVE = ("queued", "running")
 QUEUED_TIMEOUT_S = 30      # a queued job whose runner never registered is given up after this
 LOG_TAIL_LINES = 40
-PRESETS = ("seed", "fast", "best")
+PRESETS = tuple(TRAINING_PRESETS)
 # field -> (type, minimum, maximum)
 NUMERIC_FIELDS = {"epochs": (int, 1, 500), "lr": (float, 1e-6, 100.0), "batch_size": (int, 1, 8192),
                   "seed": (int, 0, 2**31 - 1), "limit": (int, 10, 10_000_000)}
+
+
+def preset_summaries() -> dict:
+    """preset -> one line for the job form, read from ml.train's presets so it cannot go stale."""
+    def summary(c):
+        widths = " " + "/".join(map(str, c["widths"])) if c["widths"] else ""
+        return f"{c['arch']}{widths}, {c['epochs']} epochs, batch {c['batch_size']}, {c['optimizer']}"
+    return {name: summary(config) for name, config in TRAINING_PRESETS.items()}
 
 
 class JobError(Exception):
