@@ -105,6 +105,11 @@ def resolve_config(args) -> dict:
     return config
 
 
+def arch_kwargs(config: dict) -> dict:
+    """The architecture's constructor arguments that a config sets (and a card records)."""
+    return {"widths": config["widths"]} if config["arch"] == "airnet" else {}
+
+
 def lr_factor(schedule: str, step: int, total_steps: int) -> float:
     if schedule == "constant":
         return 1.0
@@ -305,8 +310,7 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
                            limit=config["limit"])
     if world > 1 and config["batch_size"] % world:
         raise ValueError(f"batch size {config['batch_size']} is not divisible by {world} processes")
-    kwargs = {"widths": config["widths"]} if config["arch"] == "airnet" else {}
-    model = build_model(config["arch"], num_classes=len(dataset.classes), **kwargs)
+    model = build_model(config["arch"], num_classes=len(dataset.classes), **arch_kwargs(config))
     if config["arch"] == "airnet":
         model.init_whitening(normalize(dataset.train.images[:WHITENING_IMAGES]))
     model = model.to(device, memory_format=torch.channels_last)
@@ -409,13 +413,12 @@ def weights_digest(model) -> str:
 def make_card(model, config, dataset, report, history, train_seconds, total_seconds, device,
               amp_dtype, world) -> dict:
     import torchvision
-    kwargs = {"widths": config["widths"]} if config["arch"] == "airnet" else {}
     created = datetime.now(timezone.utc)
     return {
         "name": "cifar10-" + config["arch"],
         "version": created.strftime("%Y%m%d-%H%M%S"),
         "created": created.isoformat(timespec="seconds"),
-        "arch": {"name": config["arch"], "kwargs": kwargs},
+        "arch": {"name": config["arch"], "kwargs": arch_kwargs(config)},
         "parameters": count_parameters(model),
         "classes": list(dataset.classes),
         "input_size": 32,

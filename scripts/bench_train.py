@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ml.data import augment, load_dataset, normalize  # noqa: E402
 from ml.libc import keep_freed_memory  # noqa: E402
 from ml.models import build_model  # noqa: E402
-from ml.train import (PRESETS, build_parser, make_optimizer, pick_amp_dtype, resolve_config,  # noqa: E402
-                      train)
+from ml.train import (PRESETS, arch_kwargs, build_parser, make_optimizer, pick_amp_dtype,  # noqa: E402
+                      resolve_config, train)
 
 FAST, BEST = PRESETS["fast"], PRESETS["best"]
 # (row label, preset whose model and optimizer the row trains, batch size, precision, allocator).
@@ -42,8 +42,7 @@ def throughput(images, preset, batch_size, precision, seconds):
     device = torch.device("cpu")
     torch.manual_seed(0)
     config = PRESETS[preset]
-    kwargs = {"widths": config["widths"]} if config["arch"] == "airnet" else {}
-    model = build_model(config["arch"], **kwargs).to(memory_format=torch.channels_last).train()
+    model = build_model(config["arch"], **arch_kwargs(config)).to(memory_format=torch.channels_last).train()
     optimizer = make_optimizer(model, config)
     amp = pick_amp_dtype(precision, device)
     if precision == "bf16" and amp is None:
