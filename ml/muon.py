@@ -16,7 +16,7 @@ NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 NEWTON_SCHULZ_STEPS = 3
 
 
-def orthogonalize(matrix: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> torch.Tensor:
+def orthogonalize(matrix: torch.Tensor) -> torch.Tensor:
     """Approximately U @ V.T for matrix = U S V.T, by Newton-Schulz iteration in bf16."""
     a, b, c = NEWTON_SCHULZ
     x = matrix.bfloat16()
@@ -24,7 +24,7 @@ def orthogonalize(matrix: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> tor
     tall = x.size(0) > x.size(1)
     if tall:
         x = x.T  # iterate on the smaller Gram matrix
-    for _ in range(steps):
+    for _ in range(NEWTON_SCHULZ_STEPS):
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x
     return (x.T if tall else x).to(matrix.dtype)
