@@ -23,7 +23,7 @@ from ml.models import build_model  # noqa: E402
 from ml.train import (PRESETS, arch_kwargs, build_parser, make_optimizer, pick_amp_dtype,  # noqa: E402
                       resolve_config, train)
 
-FAST, BEST = PRESETS["fast"], PRESETS["best"]
+FAST, BEST, SGD = PRESETS["fast"], PRESETS["best"], PRESETS["sgd"]
 # (row label, preset whose model and optimizer the row trains, batch size, precision, allocator).
 # Rows with glibc's default allocator run first: keep_freed_memory() cannot be undone in a process.
 CONFIGS = [
@@ -34,6 +34,7 @@ CONFIGS = [
     ("airnet fast", "fast", FAST["batch_size"], "fp32", "kept"),
     ("airnet fast", "fast", FAST["batch_size"], "bf16", "kept"),
     ("airnet best", "best", BEST["batch_size"], "bf16", "kept"),
+    ("airnet sgd", "sgd", SGD["batch_size"], "bf16", "kept"),
 ]
 
 

@@ -26,8 +26,9 @@ def run_train(tmp_path, dataset, *flags, name="model"):
     return card, records
 
 
-def test_short_training_lowers_the_loss(tmp_path, tiny_dataset):
-    card, records = run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
+@pytest.mark.parametrize("preset", ["fast", "sgd"])  # Muon + linear decay; SGD + lookahead + warm-up
+def test_short_training_lowers_the_loss(tmp_path, tiny_dataset, preset):
+    card, records = run_train(tmp_path, tiny_dataset, "--preset", preset, "--widths", "8", "16", "16",
                               "--epochs", "4", "--batch-size", "40", "--precision", "fp32")
     steps = [r for r in records if r["type"] == "step"]
     epochs = [r for r in records if r["type"] == "epoch"]
@@ -41,6 +42,24 @@ def test_short_training_lowers_the_loss(tmp_path, tiny_dataset):
     assert len(loaded["history"]) == 4 and loaded["hyperparameters"]["batch_size"] == 40
     assert loaded["data"]["eval_per_class"] == {c: 4 for c in loaded["classes"]}
     assert (tmp_path / "model" / "gallery" / "samples-cat.png").is_file()
+
+
+def test_training_clock_pauses_for_validation(tmp_path, tiny_dataset, monkeypatch):
+    import ml.train
+    fast_predict = ml.train.predict_logits
+
+    def slow_predict(*args, **kwargs):
+        time.sleep(1.5)
+        return fast_predict(*args, **kwargs)
+
+    monkeypatch.setattr(ml.train, "predict_logits", slow_predict)
+    card, _ = run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
+                        "--epochs", "2", "--batch-size", "40", "--precision", "fp32")
+    timing = card["training"]
+    assert timing["eval_seconds"] >= 3.0
+    # validation time is outside train_seconds: both fit in the run's wall time without overlap
+    assert timing["train_seconds"] + timing["eval_seconds"] <= timing["total_seconds"]
+    assert card["history"][-1]["elapsed_s"] <= timing["train_seconds"]
 
 
 def test_seed_preset_is_the_tutorial_recipe():
