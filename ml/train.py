@@ -399,8 +399,7 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
     card = {}
     if rank == 0:
         card = make_card(model, config, dataset, report, state["history"], train_seconds,
-                         time.perf_counter() - wall_start, device, amp_dtype, world)
-        card["training"]["eval_seconds"] = state["eval_seconds"]
+                         state["eval_seconds"], time.perf_counter() - wall_start, device, amp_dtype, world)
         card["temperature"] = temperature
         write_model_dir(out_dir, model, card, gallery_files(dataset.val.images, report, dataset.train,
                                                             dataset.classes))
@@ -428,8 +427,8 @@ def weights_digest(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def make_card(model, config, dataset, report, history, train_seconds, total_seconds, device,
-              amp_dtype, world) -> dict:
+def make_card(model, config, dataset, report, history, train_seconds, eval_seconds, total_seconds,
+              device, amp_dtype, world) -> dict:
     import torchvision
     created = datetime.now(timezone.utc)
     return {
@@ -448,7 +447,8 @@ def make_card(model, config, dataset, report, history, train_seconds, total_seco
         "data": dict(dataset.describe(), val_size=config["val_size"], split_seed=config["split_seed"]),
         "history": history,
         "evaluation": report,
-        "training": {"train_seconds": train_seconds, "total_seconds": total_seconds, "device": str(device),
+        "training": {"train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                     "total_seconds": total_seconds, "device": str(device),
                      "cpu": platform.processor() or platform.machine(),
                      "precision": str(amp_dtype or "torch.float32"), "world_size": world,
                      "threads": torch.get_num_threads()},
