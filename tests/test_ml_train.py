@@ -94,7 +94,8 @@ def train_cli(*args, **popen):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def wait_for_steps(events, count, timeout=60):
+# Returns as soon as the steps are logged; the limit is generous because a loaded machine starts torch slowly.
+def wait_for_steps(events, count, timeout=180):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if events.exists():
