@@ -16,23 +16,19 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 
 
 class ImageError(ValueError):
-    """An input that cannot be classified; `status` is the HTTP status a server should answer."""
-    status = 400
+    """An input that cannot be classified; `code` says why (a server maps it to its status)."""
     code = "bad_image"
 
 
 class UnsupportedImageError(ImageError):
-    status = 415
     code = "unsupported_media_type"
 
 
 class CorruptImageError(ImageError):
-    status = 400
     code = "corrupt_image"
 
 
 class ImageTooLargeError(ImageError):
-    status = 413
     code = "image_too_large"
 
 

@@ -13,7 +13,7 @@ def glibc():
     """This process's C library when it is glibc (mallopt, malloc_trim), else None."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # not glibc: nothing to tune
+        libc.malloc_trim  # noqa: B018 (the lookup raises AttributeError when not glibc: nothing to tune)
         return libc
     except (OSError, AttributeError):
         return None

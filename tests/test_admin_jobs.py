@@ -12,7 +12,7 @@ from admin_support import (LONG_JOB, TINY_JOB, admin_config, auth_headers, csrf_
                            write_dataset)
 from conftest import image_bytes
 from ml.predict import Predictor
-from webapp import create_app, jobs
+from webapp import create_app, jobs, procs
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ def test_sigkilled_job_process_is_noticed_by_readers(api):
     os.kill(running["runner_pid"], signal.SIGKILL)
     failed = wait_job(api, job["id"], timeout=10)
     assert failed["status"] == "failed" and "ended without reporting" in failed["error"]
-    wait_for(lambda: not jobs.process_alive(running["pid"]), 10, 0.2, "the orphaned trainer to stop")
+    wait_for(lambda: not procs.process_alive(running["pid"]), 10, 0.2, "the orphaned trainer to stop")
 
 
 def test_html_forms_start_and_cancel_a_job(admin_app):

@@ -27,7 +27,7 @@ def server(tmp_path_factory, tiny_model_dir):
     for job in call(base, "GET", "/api/v1/admin/jobs")[1]["jobs"]:
         if job["status"] in ("queued", "running"):
             call(base, "POST", f"/api/v1/admin/jobs/{job['id']}/cancel")
-            wait_for(lambda: call(base, "GET", f"/api/v1/admin/jobs/{job['id']}")[1]["status"]
+            wait_for(lambda job_id=job["id"]: call(base, "GET", f"/api/v1/admin/jobs/{job_id}")[1]["status"]
                      not in ("queued", "running"), 30, 0.5, "the job to stop")
     stop_server(process)
 
@@ -93,7 +93,8 @@ def test_twenty_racing_starts_give_one_202_and_nineteen_409(server):
         assert call(server, "POST", f"/api/v1/admin/versions/{target}/activate")[0] == 200
         changed = time.time()
         expected = "test-1" if target == "shipped" else version
-        wait_for(lambda: all(served(server) == expected for _ in range(12)), 5, 0.1, f"{expected} everywhere")
+        wait_for(lambda expected=expected: all(served(server) == expected for _ in range(12)), 5, 0.1,
+                 f"{expected} everywhere")
         assert time.time() - changed < 5
 
 

@@ -2,7 +2,6 @@
 bar and the loss plot advance live, see the new version wait at the gate, promote it, and see the
 upload page answer with it. Saves docs/screenshots/job.png."""
 
-from pathlib import Path
 
 import pytest
 from PIL import Image

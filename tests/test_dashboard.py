@@ -3,8 +3,6 @@ folders made here with cards whose numbers are known."""
 
 import io
 import re
-import sys
-import types
 from xml.etree import ElementTree
 
 import pytest
@@ -13,7 +11,7 @@ from PIL import Image
 from conftest import make_model_dir
 from ml import CIFAR10_CLASSES
 from ml.modelfile import load_model_dir, write_model_dir
-from webapp import charts
+from webapp import charts, versions
 
 CLASSES = list(CIFAR10_CLASSES)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -286,15 +284,13 @@ def test_gallery_route_refuses_anything_but_gallery_pngs(tmp_path, hostile_galle
 
 @pytest.fixture
 def two_versions(tmp_path, monkeypatch, full_model_dir):
-    """A stand-in version store (the interface webapp.versions provides) with two versions."""
+    """A stand-in for the version store's list, with two versions."""
     other = make_full_model_dir(tmp_path / "other", version="other-2", evaluation=dict(
         full_card_parts()["evaluation"], accuracy=0.5432))
-    store = types.ModuleType("webapp.versions")
-    store.list_versions = lambda: [
+    monkeypatch.setattr(versions, "list_versions", lambda: [
         {"id": "v-new", "path": str(other), "active": False, "created": "2026-11-29T12:00:00+00:00",
          "metrics": {"accuracy": 0.5432}},
-        {"id": "v-old", "path": str(full_model_dir), "active": True, "created": "2026-11-28T12:00:00+00:00"}]
-    monkeypatch.setitem(sys.modules, "webapp.versions", store)
+        {"id": "v-old", "path": str(full_model_dir), "active": True, "created": "2026-11-28T12:00:00+00:00"}])
     return make_client(tmp_path, full_model_dir)
 
 
@@ -309,13 +305,6 @@ def test_version_menu_lists_versions_and_chooses_one(two_versions):
     assert "/dashboard/gallery/v-new/samples-cat.png" in chosen
     assert two_versions.get("/dashboard/gallery/v-new/samples-cat.png").status_code == 200
     assert two_versions.get("/dashboard?version=full-1").status_code == 404
-
-
-def test_without_a_version_store_the_configured_model_is_shown(dash, monkeypatch):
-    monkeypatch.setitem(sys.modules, "webapp.versions", None)  # import fails
-    html = dash.get("/dashboard").get_data(as_text=True)
-    assert '<option value="full-1" selected>dash-test full-1 (active)</option>' in html
-    assert dash.get("/dashboard/gallery/full-1/misclassified-000.png").status_code == 200
 
 
 # -- chart builders --------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ import io
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest

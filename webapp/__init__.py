@@ -1,7 +1,8 @@
 """Flask application factory: `create_app(test_config=None)`.
 
-Settings: defaults below, then `<instance>/config.py`, then environment variables, then
-`test_config`. Runtime state (secret key, model store, database, logs) lives in the instance folder.
+Settings: the SETTINGS table's defaults, then `<instance>/config.py`, then environment variables,
+then `test_config`. Runtime state (secret key, model store, database, logs) lives in the instance
+folder, which `instance_path()` names for the app and for gunicorn's master alike.
 """
 
 import os
@@ -12,41 +13,45 @@ from flask import Flask
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-DEFAULTS = {
-    "MODEL_DIR": str(PROJECT_ROOT / "models" / "default"),  # the shipped model
-    "MAX_UPLOAD_MB": 10,            # request body limit
-    "MAX_FILES": 16,                # images per request
-    "MAX_PIXELS": 40_000_000,       # per image, checked from the header before decoding
-    "TORCH_THREADS": 1,             # per gunicorn worker
-    "PORT": 8000,
-    "SESSION_COOKIE_SECURE": False,  # set true behind HTTPS
-    "ADMIN_PASSWORD": None,         # unset: generated at first start, printed once, only its hash kept
-    "ADMIN_TOKEN": None,            # bearer token of /api/v1/admin; same rule
-    "LOGIN_MAX_FAILURES": 5,        # failed admin logins per client within LOGIN_WINDOW_S
-    "LOGIN_WINDOW_S": 300,
-    "PROMOTION_MARGIN": 0.0,        # a new version goes live if its accuracy >= active's - margin
-    "TRAIN_DATA": str(PROJECT_ROOT / "data"),  # the "default" data source of retraining jobs
-    "TRAIN_NPROC": 1,               # >1: jobs run under torchrun with this many processes
-    "TRAIN_THREADS": None,          # torch threads of a training job (unset: all cores)
-    "BATCH_WINDOW_MS": 5,           # micro-batching: wait up to this for requests being decoded; 0: off
-    "BATCH_MAX_IMAGES": 32,         # images per forward pass, at most
-}
-ENV_SETTINGS = {"SECRET_KEY": str, "MODEL_DIR": str, "MAX_UPLOAD_MB": float, "MAX_FILES": int,
-                "MAX_PIXELS": int, "TORCH_THREADS": int, "PORT": int,
-                "SESSION_COOKIE_SECURE": lambda v: v.lower() in ("1", "true", "yes"),
-                "ADMIN_PASSWORD": str, "ADMIN_TOKEN": str, "LOGIN_MAX_FAILURES": int, "LOGIN_WINDOW_S": float,
-                "PROMOTION_MARGIN": float, "TRAIN_DATA": str, "TRAIN_NPROC": int, "TRAIN_THREADS": int,
-                "BATCH_WINDOW_MS": float, "BATCH_MAX_IMAGES": int}
+
+def flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes")
+
+
+# name, default, type of its environment variable
+SETTINGS = (
+    ("SECRET_KEY", None, str),             # unset: a random key kept in the instance folder
+    ("MODEL_DIR", str(PROJECT_ROOT / "models" / "default"), str),  # the shipped model
+    ("MAX_UPLOAD_MB", 10, float),          # request body limit
+    ("MAX_FILES", 16, int),                # images per request
+    ("MAX_PIXELS", 40_000_000, int),       # per image, checked from the header before decoding
+    ("TORCH_THREADS", 1, int),             # per gunicorn worker
+    ("SESSION_COOKIE_SECURE", False, flag),  # set true behind HTTPS
+    ("ADMIN_PASSWORD", None, str),         # unset: generated at first start, printed once, only its hash kept
+    ("ADMIN_TOKEN", None, str),            # bearer token of /api/v1/admin; same rule
+    ("LOGIN_MAX_FAILURES", 5, int),        # failed admin logins per client within LOGIN_WINDOW_S
+    ("LOGIN_WINDOW_S", 300, float),
+    ("PROMOTION_MARGIN", 0.0, float),      # a new version goes live if its accuracy >= active's - margin
+    ("TRAIN_DATA", str(PROJECT_ROOT / "data"), str),  # the "default" data source of retraining jobs
+    ("TRAIN_NPROC", 1, int),               # >1: jobs run under torchrun with this many processes
+    ("TRAIN_THREADS", None, int),          # torch threads of a training job (unset: all cores)
+    ("BATCH_WINDOW_MS", 5, float),         # micro-batching: wait up to this for requests being decoded; 0: off
+    ("BATCH_MAX_IMAGES", 32, int),         # images per forward pass, at most
+)
+
+
+def instance_path(test_config=None) -> str:
+    """The instance folder: test_config's or the environment's INSTANCE_PATH, else ./instance."""
+    configured = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("INSTANCE_PATH")
+    return os.path.abspath(configured or PROJECT_ROOT / "instance")
 
 
 def load_settings(app, test_config):
-    app.config.from_mapping(DEFAULTS)
+    app.config.from_mapping({name: default for name, default, _ in SETTINGS})
     app.config.from_pyfile("config.py", silent=True)
-    for name, convert in ENV_SETTINGS.items():
-        if os.environ.get(name):
-            app.config[name] = convert(os.environ[name])
-    if test_config:
-        app.config.from_mapping(test_config)
+    app.config.from_mapping({name: convert(os.environ[name]) for name, _, convert in SETTINGS
+                             if os.environ.get(name)})
+    app.config.from_mapping(test_config or {})
     app.config["MAX_CONTENT_LENGTH"] = int(float(app.config["MAX_UPLOAD_MB"]) * 1024 * 1024)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
     if not app.config.get("SECRET_KEY"):
@@ -67,15 +72,18 @@ def instance_secret(app, name: str) -> str:
 
 
 def create_app(test_config=None):
-    instance_path = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("INSTANCE_PATH") \
-        or str(PROJECT_ROOT / "instance")
-    app = Flask(__name__, instance_path=os.path.abspath(instance_path),
+    # Imported here, not at the top: gunicorn's master imports this package for instance_path(),
+    # and torch and prometheus_client must first be imported in the workers, after fork.
+    from flask_wtf.csrf import CSRFProtect
+
+    from webapp import (admin, admin_api, api, auth, batching, dashboard, errors, formatting, metrics,
+                        request_photos, security, upload)
+
+    app = Flask(__name__, instance_path=instance_path(test_config),
                 template_folder=str(PROJECT_ROOT / "templates"), static_folder=str(PROJECT_ROOT / "static"))
     os.makedirs(app.instance_path, exist_ok=True)
     load_settings(app, test_config)
-
-    from flask_wtf.csrf import CSRFProtect
-    from webapp import admin, admin_api, api, batching, dashboard, metrics, security, upload
+    app.request_class = request_photos.InMemoryRequest  # uploads are never spooled to disk
 
     csrf = CSRFProtect(app)  # every HTML form POST needs a token; JSON APIs are exempt below
     for blueprint in (upload.bp, dashboard.bp, admin.bp):
@@ -83,7 +91,10 @@ def create_app(test_config=None):
     for blueprint in (api.bp, admin_api.bp):  # authorised by bearer token or stateless, not cookies
         csrf.exempt(blueprint)
         app.register_blueprint(blueprint)
+    errors.init_app(app)
     security.init_app(app)
+    auth.init_app(app)
     metrics.init_app(app)
     batching.init_app(app)
+    formatting.init_app(app)
     return app

@@ -1,23 +1,12 @@
 """Admin pages under /admin (session login, CSRF on every form): the job list and model versions,
 the new-job form, the live job page and the JSON it polls."""
 
-from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 
 from webapp import auth, jobs, versions
 from webapp.serving import serving_status
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
-
-
-@bp.record_once
-def _generate_credentials(state):
-    auth.init_app(state.app)
-
-
-@bp.app_template_filter("when")
-def _when(iso):
-    """2026-01-31T12:00:00+00:00 -> 2026-01-31 12:00:00 UTC"""
-    return iso.replace("T", " ").replace("+00:00", " UTC") if iso else "–"
 
 
 @bp.after_request
@@ -77,27 +66,17 @@ def start_job():
     return redirect(url_for("admin.job_page", job_id=job["id"]))
 
 
-def _job_or_404(job_id):
-    try:
-        return jobs.get(job_id)
-    except jobs.JobError:
-        abort(404)
-
-
 @bp.get("/jobs/<int:job_id>")
 @auth.login_required
 def job_page(job_id):
-    return render_template("admin_job.html", job=_job_or_404(job_id))
+    return render_template("admin_job.html", job=jobs.get(job_id))
 
 
 @bp.get("/jobs/<int:job_id>.json")
 @auth.login_required
 def job_json(job_id):
     """What the job page polls: state, metrics after `since`, log tail (session cookie auth)."""
-    try:
-        return jsonify(jobs.get(job_id, since=request.args.get("since", 0, type=int)))
-    except jobs.JobError as error:
-        return auth.error_json(error.status, error.code, str(error))
+    return jsonify(jobs.get(job_id, since=request.args.get("since", 0, type=int)))
 
 
 @bp.post("/jobs/<int:job_id>/cancel")

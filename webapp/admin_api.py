@@ -4,19 +4,10 @@
 from flask import Blueprint, jsonify, request
 
 from webapp import jobs, versions
-from webapp.auth import error_json, token_required
+from webapp.auth import token_required
+from webapp.errors import AppError
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
-
-
-@bp.errorhandler(jobs.JobError)
-def job_error(error):
-    return error_json(error.status, error.code, str(error))
-
-
-@bp.errorhandler(versions.VersionError)
-def version_error(error):
-    return error_json(error.status, "not_found" if error.status == 404 else "refused", str(error))
 
 
 @bp.post("/jobs")
@@ -24,7 +15,7 @@ def version_error(error):
 def start_job():
     data = request.get_json(silent=True) if request.content_length else {}
     if data is None:
-        return error_json(400, "bad_request", "the request body must be JSON")
+        raise AppError(400, "bad_request", "the request body must be JSON")
     return jsonify(jobs.start(data)), 202
 
 

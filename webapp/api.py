@@ -6,11 +6,10 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify
 
+from webapp.request_photos import RequestError, classify_request, model_identity
 from webapp.serving import current_predictor
-from webapp.uploads import RequestError, classify_request, keep_uploads_in_memory, model_identity
 
 bp = Blueprint("api", __name__)
-bp.record_once(keep_uploads_in_memory)
 
 OPENAPI = json.loads((Path(__file__).with_name("openapi.json")).read_text())
 READY = "model_ready"  # app.extensions flag, set by warm_up in each worker

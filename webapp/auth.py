@@ -18,10 +18,11 @@ import time
 from functools import wraps
 from pathlib import Path
 
-from flask import current_app, jsonify, redirect, request, session, url_for
+from flask import current_app, redirect, request, session, url_for
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from webapp.db import connect, db_path_for
+from webapp.errors import error_response, wants_json
 
 PASSWORD_FILE = "admin_password.hash"
 TOKEN_FILE = "admin_token.hash"
@@ -163,20 +164,14 @@ def safe_next(target) -> str:
     return url_for("admin.home")
 
 
-def error_json(status, code, message):
-    response = jsonify({"error": {"code": code, "message": message}})
-    response.status_code = status
-    return response
-
-
 def login_required(view):
     """Pages: redirect to the login page. JSON endpoints under /admin (polling): 401 JSON."""
     @wraps(view)
     def guarded(*args, **kwargs):
         if logged_in():
             return view(*args, **kwargs)
-        if request.path.endswith(".json"):
-            return error_json(401, "unauthorized", "log in at /admin/login")
+        if wants_json():
+            return error_response(401, "unauthorized", "log in at /admin/login")
         return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
     return guarded
 
@@ -188,7 +183,7 @@ def token_required(view):
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and check_token(token.strip()):
             return view(*args, **kwargs)
-        response = error_json(401, "unauthorized", "send Authorization: Bearer <ADMIN_TOKEN>")
+        response = error_response(401, "unauthorized", "send Authorization: Bearer <ADMIN_TOKEN>")
         response.headers["WWW-Authenticate"] = 'Bearer realm="admin"'
         return response
     return guarded

@@ -89,7 +89,7 @@ def heat_map(matrix, row_labels, col_labels, *, chart_id, title,
         for c, (col_label, count) in enumerate(zip(col_labels, row)):
             x, y, share = left + c * cell, top + r * cell, count / total
             ink = "#ffffff" if share > 0.45 else INK
-            edge = f' stroke="{INK}" stroke-width="1.5"' if r == c else f' stroke="#ffffff" stroke-width="1"'
+            edge = f' stroke="{INK}" stroke-width="1.5"' if r == c else ' stroke="#ffffff" stroke-width="1"'
             body.append(
                 f'<g class="cell"><title>{escape(y_label)} {escape(row_label)}, {escape(x_label.lower())} '
                 f'{escape(col_label)}: {count} ({share:.1%} of the row)</title>'

@@ -3,9 +3,11 @@ worker and by the job runner processes. Holds training jobs, their metrics and l
 failed login attempts (so throttling works across workers)."""
 
 import sqlite3
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 DB_FILE = "admin.sqlite3"
+ACTIVE = ("queued", "running")  # the job states of a job that is not over
 BUSY_TIMEOUT_S = 20
 
 SCHEMA = """
@@ -54,3 +56,21 @@ def connect(db_path) -> sqlite3.Connection:
 
 def db_path_for(instance_path) -> Path:
     return Path(instance_path) / DB_FILE
+
+
+def database(instance_path):
+    """`with database(app.instance_path) as conn:` one connection for a block of work, closed after."""
+    return closing(connect(db_path_for(instance_path)))
+
+
+@contextmanager
+def write_transaction(conn):
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error: takes SQLite's write lock at once, so
+    check-then-write sequences of concurrent processes never interleave."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -7,19 +7,19 @@ period), and records the end: a finished model becomes a new version in the stor
 through the promotion gate; a stopped trainer is `cancelled`; anything else is `failed`.
 """
 
-import importlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from webapp.db import connect
-from webapp.jobs import ACTIVE, process_start, signal_group
+from ml.modelfile import ModelFileError
+from webapp.db import ACTIVE, connect, write_transaction
+from webapp.procs import process_start, signal_group
+from webapp.versions import ModelStore
 
 POLL_S = 0.5
 CANCEL_GRACE_S = 10      # SIGTERM first; SIGKILL when the trainer has not stopped by then
@@ -81,8 +81,6 @@ class Runner:
         except OSError as error:
             return self.finish("failed", error=f"could not start the trainer: {error}")
         self.update("status = 'running', started = ?, pid = ?", (time.time(), self.trainer.pid))
-        # import the model store (and torch) while the trainer works, not after it finishes
-        threading.Thread(target=importlib.import_module, args=("webapp.versions",), daemon=True).start()
         returncode = self.watch()
         self.copy_output()
         return self.conclude(returncode)
@@ -121,11 +119,15 @@ class Runner:
                 continue
         if not records and not lines:
             return
-        self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.executemany("INSERT INTO metrics (job_id, type, record) VALUES (?, ?, ?)",
-                              [(self.job_id, r.get("type", "?"), json.dumps(r)) for r in records])
-        self.conn.executemany("INSERT INTO log_lines (job_id, line) VALUES (?, ?)",
-                              [(self.job_id, line[:MAX_LINE]) for line in lines])
+        with write_transaction(self.conn):
+            self.conn.executemany("INSERT INTO metrics (job_id, type, record) VALUES (?, ?, ?)",
+                                  [(self.job_id, r.get("type", "?"), json.dumps(r)) for r in records])
+            self.conn.executemany("INSERT INTO log_lines (job_id, line) VALUES (?, ?)",
+                                  [(self.job_id, line[:MAX_LINE]) for line in lines])
+            self.record_progress(records)
+
+    def record_progress(self, records):
+        """The job's progress columns from the newest step and start records."""
         steps = [r for r in records if r.get("type") == "step"]
         if steps:
             s = steps[-1]
@@ -136,7 +138,6 @@ class Runner:
         starts = [r for r in records if r.get("type") == "start"]
         if starts:
             self.update("epochs = ?", (starts[-1].get("epochs"),))
-        self.conn.execute("COMMIT")
 
     def conclude(self, returncode) -> int:
         cancelled = (self.term_sent_at is not None or returncode == EXIT_STOPPED
@@ -162,9 +163,7 @@ class Runner:
         return "\n".join(r["line"] for r in reversed(rows))
 
     def store_version(self) -> int:
-        from ml.modelfile import ModelFileError
-        from webapp.versions import ModelStore
-
+        """Move the model into the store (one rename) and put it through the promotion gate."""
         store = ModelStore(self.spec["store"], self.spec["shipped"])
         try:
             version_id = store.add(self.job_dir / "model", self.job_id)

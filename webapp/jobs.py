@@ -4,8 +4,8 @@ A job runs as its own process group, never in a web worker: `start()` inserts th
 a write transaction that refuses a second queued/running job (a cross-process guarantee), then
 spawns `python -m webapp.jobrunner <db> <id>` in a new session. The runner starts the trainer
 (`python -m ml.train`, or torchrun) and copies its JSON records and log lines into the database.
-Every reader first reconciles: a queued/running job whose runner process is gone is marked
-failed with the last lines of its log, so no job stays `running` forever.
+Every reader but the /metrics count first reconciles: a queued/running job whose runner process
+is gone is marked failed with the last lines of its log, so no job stays `running` forever.
 """
 
 import json
@@ -22,9 +22,10 @@ from flask import current_app
 
 from ml.train import PRESETS as TRAINING_PRESETS
 from webapp import PROJECT_ROOT
-from webapp.db import connect, db_path_for
+from webapp.db import ACTIVE, database, db_path_for, write_transaction
+from webapp.errors import AppError
+from webapp.procs import log_file_tail, process_alive, process_start, signal_group
 
-ACTIVE = ("queued", "running")
 QUEUED_TIMEOUT_S = 30      # a queued job whose runner never registered is given up after this
 LOG_TAIL_LINES = 40
 PRESETS = tuple(TRAINING_PRESETS)
@@ -41,66 +42,17 @@ def preset_summaries() -> dict:
     return {name: summary(config) for name, config in TRAINING_PRESETS.items()}
 
 
-class JobError(Exception):
+class JobError(AppError):
     """A refused request: 400 bad parameters, 404 no such job, 409 conflict."""
 
     def __init__(self, message, status=400, code="bad_request"):
-        super().__init__(message)
-        self.status, self.code = status, code
-
-
-# ---- processes ----
-
-def process_start(pid):
-    """(state, start time in clock ticks) of a process from /proc, or None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return fields[0], fields[19]
-
-
-def process_alive(pid, start=None) -> bool:
-    """True when `pid` runs (not a zombie) and, when given, started at `start` (no pid reuse)."""
-    if not pid:
-        return False
-    if not Path("/proc/self/stat").exists():  # no procfs: signal 0 is the best we have
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    info = process_start(pid)
-    return info is not None and info[0] not in ("Z", "X") and (start is None or info[1] == start)
-
-
-def signal_group(pid, sig):
-    """Send `sig` to the process group led by `pid` (the trainer and, under torchrun, its workers)."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def log_file_tail(job_dir, lines=LOG_TAIL_LINES) -> list:
-    try:
-        with open(Path(job_dir) / "train.log", "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return []
-    return text.splitlines()[-lines:]
+        super().__init__(status, code, message)
 
 
 # ---- settings ----
 
 def _db(app=None):
-    return connect(db_path_for((app or current_app).instance_path))
+    return database((app or current_app).instance_path)
 
 
 def jobs_root(app=None) -> Path:
@@ -128,7 +80,7 @@ def _number(name, value):
                 raise ValueError
             number = int(number)
     except ValueError:
-        raise JobError(f"{name} must be {'a whole number' if kind is int else 'a number'}, not {value!r}")
+        raise JobError(f"{name} must be {'a whole number' if kind is int else 'a number'}, not {value!r}") from None
     if not low <= number <= high:
         raise JobError(f"{name} must be between {low} and {high}")
     return number
@@ -160,7 +112,7 @@ def _resume_params(conn, data, app) -> dict:
     try:
         resume_id = int(data["resume"])
     except (TypeError, ValueError):
-        raise JobError("resume must be a job id")
+        raise JobError("resume must be a job id") from None
     row = conn.execute("SELECT status, params FROM jobs WHERE id = ?", (resume_id,)).fetchone()
     checkpoint = jobs_root(app) / str(resume_id) / "resume.pt"
     if row is None or row["status"] != "cancelled" or not checkpoint.is_file():
@@ -214,7 +166,7 @@ def job_dict(conn, row, since=0, details=True) -> dict:
 
 
 def _fail_dead(conn, row, message):
-    tail = log_file_tail(json.loads(row["spec"]).get("job_dir", "/nonexistent"), 10)
+    tail = log_file_tail(json.loads(row["spec"]).get("job_dir", "/nonexistent"), lines=10)
     error = message + ("\n" + "\n".join(tail) if tail else "")
     conn.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ? AND status IN "
                  "('queued', 'running')", (time.time(), error, row["id"]))
@@ -242,23 +194,23 @@ def _job_row(conn, job_id):
 
 
 def get(job_id, since=0, app=None) -> dict:
-    conn = _db(app)
-    try:
+    with _db(app) as conn:
         reconcile(conn)
-        row = _job_row(conn, job_id)
-        return job_dict(conn, row, since)
-    finally:
-        conn.close()
+        return job_dict(conn, _job_row(conn, job_id), since)
 
 
 def list_jobs(app=None) -> list:
-    conn = _db(app)
-    try:
+    with _db(app) as conn:
         reconcile(conn)
         rows = conn.execute("SELECT * FROM jobs ORDER BY id DESC").fetchall()
         return [job_dict(conn, row, details=False) for row in rows]
-    finally:
-        conn.close()
+
+
+def count_by_status(app=None) -> dict:
+    """status -> number of jobs, as the database holds them: a read that changes nothing (for
+    /metrics, which must never mark jobs failed or signal processes)."""
+    with _db(app) as conn:
+        return dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
 
 
 def active_job(app=None):
@@ -273,8 +225,7 @@ def _insert(conn, data, app) -> int:
     """Insert a queued job; refuses when one is queued or running. Runs under BEGIN IMMEDIATE, so
     concurrent starts from any number of processes are serialised by SQLite's write lock."""
     params = None if data.get("resume") else validate_params(data, app)  # 400 before 409
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(conn):
         busy = conn.execute("SELECT id, status FROM jobs WHERE status IN ('queued', 'running')").fetchone()
         if busy:
             raise JobError(f"job {busy['id']} is {busy['status']}: wait for it or cancel it first",
@@ -287,10 +238,6 @@ def _insert(conn, data, app) -> int:
                 "store": str(Path(app.instance_path) / "models"), "shipped": str(app.config["MODEL_DIR"]),
                 "margin": float(app.config["PROMOTION_MARGIN"]), "cwd": str(PROJECT_ROOT)}
         conn.execute("UPDATE jobs SET spec = ? WHERE id = ?", (json.dumps(spec), job_id))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return job_id, params
 
 
@@ -314,8 +261,7 @@ def start(data, app=None) -> dict:
     app = app or current_app
     if not isinstance(data, dict):
         raise JobError("the request body must be a JSON object")
-    conn = _db(app)
-    try:
+    with _db(app) as conn:
         reconcile(conn)
         job_id, params = _insert(conn, data, app)
         try:
@@ -323,20 +269,17 @@ def start(data, app=None) -> dict:
         except OSError as error:
             conn.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ?",
                          (time.time(), f"could not start the job process: {error}", job_id))
-            raise JobError(f"could not start the job process: {error}", 500, "spawn_failed")
+            raise JobError(f"could not start the job process: {error}", 500, "spawn_failed") from error
         info = process_start(runner.pid)
         conn.execute("UPDATE jobs SET runner_pid = ?, runner_start = ? WHERE id = ? AND runner_pid IS NULL",
                      (runner.pid, info[1] if info else None, job_id))
-        return job_dict(conn, conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
-    finally:
-        conn.close()
+        return job_dict(conn, _job_row(conn, job_id))
 
 
 def cancel(job_id, app=None) -> dict:
     """Ask a queued or running job to stop: SIGTERM to the trainer's process group (the trainer
     writes a resume checkpoint and exits 3); the runner then records `cancelled`."""
-    conn = _db(app)
-    try:
+    with _db(app) as conn:
         reconcile(conn)
         row = _job_row(conn, job_id)
         if row["status"] not in ACTIVE:
@@ -344,6 +287,4 @@ def cancel(job_id, app=None) -> dict:
         conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
         if row["pid"]:
             signal_group(row["pid"], signal.SIGTERM)
-        return job_dict(conn, conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
-    finally:
-        conn.close()
+        return job_dict(conn, _job_row(conn, job_id))

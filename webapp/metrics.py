@@ -19,6 +19,8 @@ from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge, Hist
                                multiprocess)
 from prometheus_client.core import GaugeMetricFamily
 
+from webapp import jobs, versions
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the text format generate_latest writes
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -66,27 +68,27 @@ def _observe(response):
 
 class SharedStateCollector:
     """Gauges read at scrape time from what all processes share: the store's active pointer and the
-    jobs database (training jobs run in their own processes, not in a worker)."""
+    jobs database (training jobs run in their own processes, not in a worker). A scrape only reads:
+    it never reconciles jobs nor signals their processes."""
 
     def __init__(self, app):
         self.app = app
 
     def collect(self):
-        from webapp import jobs, versions
         model_store = versions.store(self.app)
         active_id = model_store.active_id()
         try:
             version = model_store.describe(active_id, active_id)["version"]
         except versions.VersionError:  # the pointer names a version that is gone
             version = "missing"
-        states = [job["status"] for job in jobs.list_jobs(self.app)]
+        states = jobs.count_by_status(self.app)
         active = GaugeMetricFamily("webapp_model_active", "The model version the store's pointer names "
                                    "(every worker swaps to it within a second)", labels=["id", "version"])
         active.add_metric([active_id, str(version)], 1)
         yield active
         counts = GaugeMetricFamily("webapp_training_jobs", "Training jobs by state", labels=["state"])
         for state in JOB_STATES:
-            counts.add_metric([state], states.count(state))
+            counts.add_metric([state], states.get(state, 0))
         yield counts
 
 

@@ -7,11 +7,10 @@ import io
 from flask import Blueprint, current_app, render_template
 from PIL import Image
 
+from webapp.request_photos import classify_request, model_identity
 from webapp.serving import current_predictor
-from webapp.uploads import classify_request, keep_uploads_in_memory, model_identity
 
 bp = Blueprint("upload", __name__)
-bp.record_once(keep_uploads_in_memory)
 
 
 def model_view(array) -> str:

@@ -8,25 +8,26 @@ changes of the pointer are serialised by a lock file so a promotion and a gate n
 import fcntl
 import os
 import re
-import shutil
 import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from flask import current_app
+
 from ml.modelfile import CARD_FILE, ModelFileError, load_model_dir, read_card, write_json_atomic
+from webapp.errors import AppError
 
 SHIPPED = "shipped"
 POINTER_FILE = "active"
 VERSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class VersionError(Exception):
+class VersionError(AppError):
     """A version that does not exist (status 404) or cannot be activated (status 409)."""
 
     def __init__(self, message, status=404):
-        super().__init__(message)
-        self.status = status
+        super().__init__(status, "not_found" if status == 404 else "refused", message)
 
 
 def card_accuracy(card: dict):
@@ -96,21 +97,17 @@ class ModelStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def add(self, model_dir, job_id) -> str:
-        """Copy a finished model folder into the store as a new version; returns its id. The card's
+        """Move a finished model folder into the store as a new version, with one rename (the job
+        folders and the store share the instance folder's file system); returns its id. The card's
         version becomes the version id, so every prediction names the store version."""
         self.root.mkdir(parents=True, exist_ok=True)
+        model_dir = Path(model_dir)
         card = read_card(model_dir)
         version_id = f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-job{job_id}"
-        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{version_id}.tmp-"))
-        try:
-            shutil.copytree(model_dir, staging, dirs_exist_ok=True)
-            card = dict(card, version=version_id, job=job_id, trained_version=card.get("version"))
-            write_json_atomic(staging / CARD_FILE, card)
-            os.chmod(staging, 0o755)
-            os.rename(staging, self.root / version_id)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        write_json_atomic(model_dir / CARD_FILE,
+                          dict(card, version=version_id, job=job_id, trained_version=card.get("version")))
+        os.chmod(model_dir, 0o755)
+        os.rename(model_dir, self.root / version_id)  # atomic: readers see no version or all of it
         return version_id
 
     def activate(self, version_id: str) -> dict:
@@ -120,7 +117,7 @@ class ModelStore:
         try:
             load_model_dir(path)
         except ModelFileError as error:
-            raise VersionError(f"version {version_id} is damaged and was not activated: {error}", 409)
+            raise VersionError(f"version {version_id} is damaged and was not activated: {error}", 409) from None
         with self._locked():
             self._write_pointer(version_id)
         return self.describe(version_id)
@@ -159,7 +156,6 @@ class ModelStore:
 
 
 def store(app=None) -> ModelStore:
-    from flask import current_app
     app = app or current_app
     return ModelStore(Path(app.instance_path) / "models", app.config["MODEL_DIR"])
 

@@ -2,7 +2,8 @@
 
 Files come from multipart fields or from a raw request body. They stay in memory (the body is
 capped by MAX_CONTENT_LENGTH) and are never written to disk or served back. Every problem
-becomes a `RequestError` carrying the HTTP status, a stable code and a message naming the file.
+becomes a `RequestError` carrying the HTTP status, a stable code and a message naming the file;
+the decoder's error codes are mapped to HTTP statuses here.
 """
 
 import io
@@ -13,20 +14,17 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ml.images import ImageError
 from webapp.batching import batcher
+from webapp.errors import AppError
 from webapp.metrics import count_predictions
 from webapp.serving import current_predictor
 
 RAW_BODY_NAME = "image"
 MAX_FILENAME = 200
+IMAGE_ERROR_STATUS = {"unsupported_media_type": 415, "image_too_large": 413}  # other decoder codes: 400
 
 
-class RequestError(Exception):
-    """A request that cannot be classified; answered as JSON or as a page by webapp.security.
-    `filename` names the refused file when the problem is one file of the request."""
-
-    def __init__(self, status: int, code: str, message: str, filename: str | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.filename = status, code, message, filename
+class RequestError(AppError):
+    """A request whose photos cannot be classified."""
 
 
 class InMemoryRequest(Request):
@@ -34,11 +32,6 @@ class InMemoryRequest(Request):
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         return io.BytesIO()
-
-
-def keep_uploads_in_memory(state):
-    """Blueprint hook: every request of the app is parsed by InMemoryRequest."""
-    state.app.request_class = InMemoryRequest
 
 
 def clean_filename(name: str | None) -> str:
@@ -85,7 +78,7 @@ def decode_all(predictor, files) -> list:
         try:
             arrays.append(predictor.decode(data))
         except ImageError as error:
-            raise RequestError(error.status, error.code, str(error), filename) from None
+            raise RequestError(IMAGE_ERROR_STATUS.get(error.code, 400), error.code, str(error), filename) from None
     return arrays
 
 

@@ -1,0 +1,191 @@
+"""The dashboard's page sections, built from a model card: one builder per section, each
+returning what its part of templates/dashboard.html shows (None when the card lacks that part).
+Nothing here reads weights; gallery images are found in the model folder's gallery/.
+"""
+
+import logging
+import re
+from collections import namedtuple
+from pathlib import Path
+
+from flask import url_for
+
+from webapp import charts
+from webapp.formatting import duration, num
+
+log = logging.getLogger(__name__)
+
+ModelVersion = namedtuple("ModelVersion", "id label path active")
+GALLERY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TTA_LEVELS = {0: "none", 1: "mirror image averaged in", 2: "mirror image and one-pixel shifts averaged in"}
+# A card part in a shape the page cannot read is reported as missing, not as a server error.
+MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError)
+
+
+def gallery_file(model_path, name: str):
+    """The path of gallery/<name>.png inside the model folder when `name` is a plain file name and
+    the file is a PNG there (symlinks out of the folder refused); otherwise None."""
+    if not GALLERY_NAME.fullmatch(name or ""):
+        return None
+    folder = (Path(model_path) / "gallery").resolve()
+    path = (folder / f"{name}.png").resolve()
+    if path.parent != folder or not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        return path if f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE else None
+
+
+def dashboard_view(card: dict, model: ModelVersion) -> dict:
+    """Everything the page shows, one entry per section; None for a part the card lacks."""
+    builders = {"identity": identity, "summary": summary, "per_class": per_class, "confusion": confusion,
+                "history": history, "calibration": calibration, "misclassified": misclassified,
+                "dataset": dataset, "samples": samples, "facts": facts, "hyperparameters": hyperparameters}
+    return {name: _section(name, builder, card, model) for name, builder in builders.items()}
+
+
+def _section(name, builder, card, model):
+    try:
+        return builder(card, model)
+    except MALFORMED as error:
+        log.warning("dashboard: %s section of %s unreadable (%r)", name, model.id, error)
+        return None
+
+
+# -- sections -----------------------------------------------------------------------------------
+
+def identity(card, model):
+    return {"name": str(card.get("name") or model.id), "version": str(card.get("version") or model.id)}
+
+
+def summary(card, model):
+    report = card["evaluation"]
+    tta = report.get("tta", card.get("tta"))
+    return {"accuracy": float(report["accuracy"]), "loss": report.get("loss"), "ece": report.get("ece"),
+            "split": str(report.get("split") or "validation"), "images": report.get("images"),
+            "tta": tta, "tta_text": TTA_LEVELS.get(tta, "")}
+
+
+def per_class(card, model):
+    accuracy = card["evaluation"]["per_class_accuracy"]
+    counts = (card.get("data") or {}).get("eval_per_class") or {}
+    classes = [c for c in card["classes"] if c in accuracy]
+    if not classes:
+        return None
+    chart = charts.bar_chart(classes, [("Accuracy", [accuracy[c] for c in classes])],
+                             chart_id="chart-per-class", title="Accuracy per class on the validation split",
+                             value_label="Accuracy", value_max=1, value_format="{:.0%}")
+    return {"chart": chart, "rows": [(c, accuracy[c], counts.get(c)) for c in classes]}
+
+
+def confusion(card, model):
+    report = card["evaluation"]
+    matrix, labels = report["confusion_matrix"], report.get("classes") or card["classes"]
+    if len(matrix) != len(labels) or any(len(row) != len(labels) for row in matrix):
+        raise ValueError("confusion matrix does not match the classes")
+    matrix = [[int(n) for n in row] for row in matrix]
+    chart = charts.heat_map(matrix, labels, labels, chart_id="chart-confusion",
+                            title="Confusion matrix: true class (rows) against predicted class (columns)")
+    return {"chart": chart, "labels": labels, "rows": list(zip(labels, matrix))}
+
+
+def history(card, model):
+    epochs = [r for r in card["history"] if r.get("type", "epoch") == "epoch"]
+    if not epochs:
+        return None
+    x = [int(r["epoch"]) for r in epochs]
+
+    def series(key):
+        return [r.get(key) for r in epochs]
+
+    loss = charts.line_chart(x, [("Training loss", series("train_loss")), ("Validation loss", series("val_loss"))],
+                             chart_id="chart-loss", title="Loss per epoch", x_label="Epoch", y_label="Loss")
+    accuracy = charts.line_chart(
+        x, [("Training accuracy", series("train_accuracy")), ("Validation accuracy", series("val_accuracy"))],
+        chart_id="chart-accuracy", title="Accuracy per epoch", x_label="Epoch", y_label="Accuracy",
+        y_range=(0, 1), y_format="{:.0%}")
+    return {"loss_chart": loss, "accuracy_chart": accuracy, "rows": epochs}
+
+
+def calibration(card, model):
+    report = card["evaluation"]
+    bins = report["calibration_bins"]
+    if not bins:
+        return None
+    chart = charts.reliability_diagram(bins, chart_id="chart-calibration",
+                                       title="Reliability diagram: accuracy against confidence")
+    return {"chart": chart, "ece": report.get("ece"), "bins": bins}
+
+
+def misclassified(card, model):
+    items = []
+    for item in card["evaluation"]["misclassified"]:
+        match = re.fullmatch(r"gallery/(.+)\.png", str(item.get("image", "")))
+        found = match and gallery_file(model.path, match.group(1))
+        url = url_for("dashboard.gallery", version=model.id, name=match.group(1)) if found else None
+        items.append({"true": str(item["true"]), "predicted": str(item["predicted"]),
+                      "confidence": item.get("confidence"), "url": url})
+    return items or None
+
+
+def dataset(card, model):
+    data = card["data"]
+    train, held_out = data.get("train_per_class") or {}, data.get("eval_per_class") or {}
+    classes = [c for c in card["classes"] if c in train or c in held_out]
+    split = str(data.get("eval_split") or "validation")
+    counts = [("Training", [train.get(c, 0) for c in classes]), (split.capitalize(), [held_out.get(c, 0)
+                                                                                      for c in classes])]
+    chart = charts.bar_chart(classes, counts, chart_id="chart-dataset", title="Images per class",
+                             value_label="Images") if classes else None
+    return {"chart": chart, "split": split, "rows": [(c, train.get(c), held_out.get(c)) for c in classes],
+            "train_images": data.get("train_images"), "eval_images": data.get("eval_images"),
+            "source": data.get("source")}
+
+
+def samples(card, model):
+    found = [(c, gallery_file(model.path, f"samples-{c}")) for c in card["classes"]]
+    return [(c, url_for("dashboard.gallery", version=model.id, name=f"samples-{c}")) for c, path in found
+            if path] or None
+
+
+def facts(card, model):
+    """The model card as (term, value) pairs, only the parts the card records."""
+    arch = card.get("arch") or {}
+    kwargs = ", ".join(f"{k}={v}" for k, v in (arch.get("kwargs") or {}).items())
+    pairs = [
+        ("Name", card.get("name")), ("Version", card.get("version")), ("Created", card.get("created")),
+        ("Architecture", f"{arch.get('name')}({kwargs})" if arch.get("name") else None),
+        ("Parameters", num(card["parameters"]) if "parameters" in card else None),
+        ("Classes", ", ".join(map(str, card.get("classes") or [])) or None),
+        ("Input size", f"{card['input_size']} × {card['input_size']} pixels" if "input_size" in card else None),
+        ("Test-time augmentation", f"level {card['tta']}" if "tta" in card else None),
+        *_training_facts(card.get("training") or {}),
+        ("Data source", (card.get("data") or {}).get("source")),
+        ("Split", _split_text(card["data"]) if card.get("data") else None),
+        ("Software", ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items()) or None),
+        ("Weights SHA-256", card.get("weights_sha256")),
+    ]
+    return [(term, str(value)) for term, value in pairs if value not in (None, "")]
+
+
+def _training_facts(training: dict) -> list:
+    return [
+        ("Training time", duration(training["train_seconds"]) if "train_seconds" in training else None),
+        ("Total time (with evaluation)", duration(training["total_seconds"]) if "total_seconds" in training
+         else None),
+        ("Device", training.get("device")), ("CPU", training.get("cpu")), ("Precision", training.get("precision")),
+        ("Processes × threads", f"{training['world_size']} × {training.get('threads', '?')}"
+         if "world_size" in training else None),
+    ]
+
+
+def _split_text(data) -> str:
+    text = f"{num(data.get('train_images'))} training, {num(data.get('eval_images'))} " \
+           f"{data.get('eval_split') or 'validation'} images"
+    if data.get("val_size") is not None:
+        text += f" (validation split of {num(data['val_size'])} held out with seed {data.get('split_seed', '?')})"
+    return text
+
+
+def hyperparameters(card, model):
+    return [(str(k), str(v)) for k, v in sorted(card["hyperparameters"].items())] or None
