@@ -7,7 +7,7 @@ SHARED_DIR ?= ../shared
 ARCHIVE := $(SHARED_DIR)/datasets/cifar10-train-jpeg.tar.gz
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install data browser serve test bench-train bench-serve soak
+.PHONY: install data browser serve lint test screenshots bench-train bench-serve soak
 
 install: $(VENV)/.installed
 
@@ -33,16 +33,26 @@ browser:
 serve: install data
 	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
+# ruff, configured in pyproject.toml; `make test` does not run it, .ci/run runs both.
+lint: install
+	$(BIN)/ruff check .
+
 test: install data browser
 	$(BIN)/python -m pytest
 
+# The browser tests write their screenshots to test-results/screenshots/; this refreshes the
+# ones README shows (docs/screenshots/) from the real server and the shipped model.
+screenshots: install data browser
+	UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/test_browser_upload.py tests/test_browser_dashboard.py \
+		tests/test_browser_admin.py
+
 bench-train: install data
-	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python -m scripts.bench_train
 
 # Served throughput, latency and memory under load against the in-process ceiling (see README).
 bench-serve: install data
-	$(BIN)/python scripts/bench_serve.py
+	$(BIN)/python -m scripts.bench_serve
 
 # 16 clients for 5 minutes: photos, bad inputs and a retraining job at once (`make test` runs 60 s).
 soak: install data
-	$(BIN)/python scripts/soak.py --clients 16 --seconds 300
+	$(BIN)/python -m scripts.soak --clients 16 --seconds 300

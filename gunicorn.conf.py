@@ -49,8 +49,8 @@ errorlog = "-"
 def on_starting(server):
     """Before any worker exists: an empty folder for the workers' Prometheus samples. Set here, in
     the master, so every worker imports prometheus_client already in multiprocess mode."""
-    instance = os.environ.get("INSTANCE_PATH") or os.path.join(os.path.dirname(__file__), "instance")
-    folder = os.path.join(os.path.abspath(instance), "prometheus")
+    from webapp import instance_path  # the package imports only Flask: torch stays out of the master
+    folder = os.path.join(instance_path(), "prometheus")
     folder = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", folder)
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):

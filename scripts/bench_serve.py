@@ -1,6 +1,6 @@
 """Serving benchmark: the real server under load, against the in-process ceiling on the same photos.
 
-    make bench-serve              # or: python scripts/bench_serve.py [--cycles 2] [--json out.json]
+    make bench-serve              # or: python -m scripts.bench_serve [--cycles 2] [--json out.json]
 
 Starts gunicorn with the shipped model on a free loopback port (the command and config of `make
 serve`, its own temporary instance folder, workers never recycled during the run), warms it up,
@@ -22,15 +22,12 @@ import itertools
 import json
 import multiprocessing
 import re
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts.serve_tools import (SHIPPED_MODEL, Server, exit_on_sigterm, make_photos,  # noqa: E402
+from scripts.serve_tools import (SHIPPED_MODEL, Server, exit_on_sigterm, make_photos,
                                  multipart, new_connection, percentile, photo_file, request, worker_rss)
 
 MULTI_IMAGES = 16

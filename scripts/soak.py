@@ -1,6 +1,6 @@
 """Soak test: the real server keeps answering under mixed load while retraining jobs run.
 
-    make soak                     # or: python scripts/soak.py [--clients 16] [--seconds 300] [--json out.json]
+    make soak                     # or: python -m scripts.soak [--clients 16] [--seconds 300] [--json out.json]
 
 Starts gunicorn (the config of `make serve`) with the shipped model on a free loopback port, an
 admin token and a tiny generated training set, warms it up, then for `--seconds` (and at most
@@ -38,9 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from scripts.serve_tools import (SHIPPED_MODEL, Server, exit_on_sigterm, get_json,  # noqa: E402
+from scripts.serve_tools import (SHIPPED_MODEL, Server, exit_on_sigterm, get_json,
                                  cpu_seconds, make_photos, multipart, new_connection, photo_file,
                                  request, worker_rss)
 

@@ -14,6 +14,9 @@
   const clearButton = document.getElementById("clear-results");
   const apiUrl = form.dataset.api;
   const maxBytes = Number(form.dataset.maxBytes);
+  // Choosing files classifies them at once and clears the picker (so choosing the same file again
+  // still fires `change`); "Classify" then classifies the last photos chosen, dropped or pasted again.
+  let lastFiles = [];
 
   function percent(p) {
     return (p * 100).toFixed(1) + "%";
@@ -125,6 +128,7 @@
       showError("Choose, drop or paste a photo first.");
       return;
     }
+    lastFiles = files;
     errorBox.hidden = true;
     const cards = files.map(newCard);
     const batch = document.createDocumentFragment();
@@ -140,7 +144,7 @@
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    handleFiles(input.files);
+    handleFiles(input.files.length ? input.files : lastFiles);
     input.value = "";
   });
   input.addEventListener("change", () => {

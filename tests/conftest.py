@@ -18,9 +18,18 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
 SHIPPED_MODEL = PROJECT_ROOT / "models" / "default"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-sys.path.insert(0, str(PROJECT_ROOT))
+# Browser tests take screenshots into a gitignored folder, so running the tests never changes
+# tracked files; `make screenshots` (UPDATE_SCREENSHOTS=1) refreshes the ones README shows.
+README_SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
+TEST_SCREENSHOTS = PROJECT_ROOT / "test-results" / "screenshots"
 
 torch.set_num_threads(1)  # the suite runs beside other work on 2 cores
+
+
+def screenshot_path(name: str) -> str:
+    folder = README_SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else TEST_SCREENSHOTS
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / name)
 
 
 def make_model_dir(path, arch="airnet", seed=0, version="test-1"):

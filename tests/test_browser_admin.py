@@ -1,15 +1,13 @@
 """The admin flow in Chromium against a real gunicorn: log in, start a short job, watch the progress
 bar and the loss plot advance live, see the new version wait at the gate, promote it, and see the
-upload page answer with it. Saves docs/screenshots/job.png."""
-
+upload page answer with it. Screenshot job.png (see conftest.screenshot_path)."""
 
 import pytest
 from PIL import Image
 
 from admin_support import PASSWORD, TOKEN, wait_for, write_dataset
-from conftest import PROJECT_ROOT, start_server, stop_server
+from conftest import screenshot_path, start_server, stop_server
 
-SCREENSHOT = PROJECT_ROOT / "docs" / "screenshots" / "job.png"
 WATCHED_JOB = {"preset": "seed", "epochs": "40", "limit": "300", "batch_size": "50"}  # ~15 s of training
 
 
@@ -78,8 +76,7 @@ def test_admin_retrains_watches_promotes_and_serves(page, server, tmp_path):
     assert "stays inactive" in page.locator("#result").inner_text()
     assert page.locator("#epochs-table tbody tr").count() == 40
     assert number(page, "#acc-chart", "data-points") == 80
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.screenshot(path=screenshot_path("job.png"), full_page=True)
 
     # promote it from the admin page
     page.goto(server + "/admin")

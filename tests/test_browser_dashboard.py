@@ -1,15 +1,15 @@
 """The dashboard in a real browser (Debian's Chromium via Playwright) against gunicorn serving the
 shipped model: charts render, gallery images load, no console errors or CSP violations, nothing
-fetched from outside 127.0.0.1, usable at phone width. Saves docs/screenshots/dashboard.png."""
+fetched from outside 127.0.0.1, usable at phone width. Screenshot dashboard.png (see conftest.screenshot_path)."""
 
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
+from conftest import screenshot_path
+
 pytestmark = pytest.mark.slow
 
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshots" / "dashboard.png"
 CHARTS = ("chart-per-class", "chart-confusion", "chart-loss", "chart-accuracy", "chart-calibration",
           "chart-dataset")
 
@@ -48,8 +48,7 @@ def test_dashboard_renders_charts_and_gallery(browser, live_server):
     page.locator("#confusion summary").click()  # the numbers as a table, without JavaScript
     assert page.locator("#confusion table").is_visible()
     page.locator("#confusion summary").click()
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.screenshot(path=screenshot_path("dashboard.png"), full_page=True)
     assert errors == [] and outside == []
     page.context.close()
 

@@ -10,11 +10,10 @@ import uuid
 
 import pytest
 
-from conftest import DATA_DIR, PROJECT_ROOT
+from conftest import DATA_DIR, PROJECT_ROOT, screenshot_path
 from web_samples import encode, noise_image
 
 pytestmark = pytest.mark.slow
-SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 CLASSES = ("cat", "ship", "horse", "truck")
 
 
@@ -96,10 +95,33 @@ def test_upload_through_the_file_picker(watched, live_server, photos, shipped_ve
         assert image.get_attribute("src").startswith("blob:") and path.name in image.get_attribute("alt")
     assert page.locator("#model-version").inner_text() == shipped_version
     assert "4 of 4 photos classified" in page.locator("#upload-status").inner_text()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "upload.png"), full_page=True)
+    page.screenshot(path=screenshot_path("upload.png"), full_page=True)
     assert watched.errors == []
     watched.assert_stayed_local(live_server)
+
+
+def test_classify_button_after_choosing_files(watched, live_server, photos):
+    """Choosing files classifies them at once; pressing "Classify" afterwards, as the button
+    invites, classifies the same photos again instead of asking for a photo."""
+    page = watched.page
+    page.goto(live_server + "/")
+    page.set_input_files("#image-input", [str(p) for p in photos[:2]])
+    wait_for_cards(page, 2)
+    page.click("#classify-button")
+    cards = wait_for_cards(page, 4)
+    assert cards.count() == 4
+    assert cards.locator(".card-title").all_inner_texts() == [p.name for p in photos[:2]] * 2
+    assert page.locator("#upload-error").is_hidden()
+    assert "2 of 2 photos classified" in page.locator("#upload-status").inner_text()
+    assert watched.errors == []
+
+
+def test_classify_button_with_nothing_chosen_asks_for_a_photo(watched, live_server):
+    page = watched.page
+    page.goto(live_server + "/")
+    page.click("#classify-button")
+    assert page.locator("#upload-error").inner_text() == "Choose, drop or paste a photo first."
+    assert page.locator("#results .card").count() == 0
 
 
 def data_transfer(page, path, name):
@@ -167,7 +189,7 @@ def test_phone_width(browser, live_server, photos):
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     card_box = page.locator("#results .card").first.bounding_box()
     assert card_box["x"] >= 0 and card_box["x"] + card_box["width"] <= 390
-    page.screenshot(path=str(SCREENSHOTS / "upload-phone.png"), full_page=True)
+    page.screenshot(path=screenshot_path("upload-phone.png"), full_page=True)
     context.close()
 
 

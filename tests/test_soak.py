@@ -15,7 +15,7 @@ SECONDS = 60
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory, shipped_model_dir):
     out = tmp_path_factory.mktemp("soak") / "soak.json"
-    run = subprocess.run([sys.executable, "scripts/soak.py", "--clients", "16", "--seconds", str(SECONDS),
+    run = subprocess.run([sys.executable, "-m", "scripts.soak", "--clients", "16", "--seconds", str(SECONDS),
                           "--model", str(shipped_model_dir), "--json", str(out)],
                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=SECONDS * 6 + 120)
     assert out.exists(), run.stdout[-3000:] + run.stderr[-3000:]

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from openapi_core import OpenAPI
+from openapi_core.exceptions import OpenAPIError
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
 
 from conftest import PROJECT_ROOT, image_bytes
@@ -352,7 +353,7 @@ def test_openapi_document_is_served_and_valid(client):
 def test_openapi_validation_catches_a_wrong_shape(client):
     response = post_images(client, [GOOD["jpeg"]])
     response.set_data(json.dumps({"model": {"name": "x"}, "predictions": []}))
-    with pytest.raises(Exception):
+    with pytest.raises(OpenAPIError):
         conforms(response)
 
 
