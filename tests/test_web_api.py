@@ -6,33 +6,15 @@ import json
 
 import numpy as np
 import pytest
-from openapi_core import OpenAPI
 from openapi_core.exceptions import OpenAPIError
-from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
 
-from conftest import PROJECT_ROOT, image_bytes
+from conftest import image_bytes
+from openapi_support import SPEC, conforms
 from web_samples import (bad_files, encode, exif_rotated_jpeg, good_files, halves, noise_image, run_ml_predict,
                          upright_of_exif_rotated)
 
 GOOD, BAD = good_files(), bad_files()
-SPEC = json.loads((PROJECT_ROOT / "webapp" / "openapi.json").read_text())
-OPENAPI = OpenAPI.from_dict(SPEC)
 SECURITY_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy")
-
-
-class AnsweredRequest(WerkzeugOpenAPIRequest):
-    """The request as openapi-core needs it to check the response: its method and path (the body
-    was consumed by the app)."""
-
-    @property
-    def body(self):
-        return None
-
-
-def conforms(response):
-    """Validate a real response against the OpenAPI document (raises on any mismatch)."""
-    OPENAPI.validate_response(AnsweredRequest(response.request), WerkzeugOpenAPIResponse(response))
-    return response
 
 
 def post_images(client, files, field="image", url="/api/v1/predict"):
