@@ -13,6 +13,10 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from ml.device import pick_device
+from ml.evaluate import load_model_split, predict_logits, report_from_logits
+from ml.modelfile import gallery_files, load_model_dir, write_model_dir
+
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The T > 0 minimising cross-entropy of softmax(logits / T); optimised in log space."""
@@ -32,7 +36,6 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def calibrated_report(model, dataset, device, tta, norm):
     """(temperature, report) on the dataset's validation split, in full precision as served: the
     temperature is fitted on these logits and the report's probabilities use it."""
-    from ml.evaluate import predict_logits, report_from_logits
     logits = predict_logits(model, dataset.val, device, tta=tta, norm=norm)
     temperature = fit_temperature(logits, dataset.val.labels)
     return temperature, report_from_logits(logits / temperature, dataset.val.labels, dataset.classes,
@@ -40,10 +43,6 @@ def calibrated_report(model, dataset, device, tta, norm):
 
 
 def main(argv=None):
-    from ml.evaluate import load_model_split
-    from ml.modelfile import load_model_dir, write_model_dir
-    from ml.train import gallery_files, pick_device
-
     parser = argparse.ArgumentParser(description="Fit the temperature of a model folder on its "
                                      "validation split and rewrite its card and report.")
     parser.add_argument("--model", required=True, help="model folder to calibrate (rewritten atomically)")
@@ -58,7 +57,6 @@ def main(argv=None):
     temperature, report = calibrated_report(model, dataset, device, card["tta"], norm)
     before = card["evaluation"]["ece"]
     card = dict(card, temperature=temperature, evaluation=report)
-    card.pop("weights_sha256")
     write_model_dir(args.model, model, card, gallery_files(dataset.val.images, report, dataset.train,
                                                            dataset.classes))
     print(f"{args.model}: temperature {temperature:.3f}, ECE {before:.4f} -> {report['ece']:.4f}, "

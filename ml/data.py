@@ -5,7 +5,6 @@ runs on whole batches on the training device instead of per image in a DataLoade
 """
 
 import hashlib
-import io
 import os
 import pickle
 from dataclasses import dataclass
@@ -107,7 +106,8 @@ def _read_cifar_batch(path: Path):
     return torch.from_numpy(images.copy()), torch.tensor(batch[b"labels"], dtype=torch.int64)
 
 
-def _cifar_py_root(root: Path):
+def cifar_py_root(root: Path):
+    """The folder holding CIFAR-10's python batches at or just under `root`, or None."""
     for candidate in (root, root / CIFAR_PY_DIR):
         if (candidate / "data_batch_1").is_file():
             return candidate
@@ -176,30 +176,38 @@ def _folder_classes(*roots):
     return sorted(names)
 
 
+def _folder_roots(root: Path):
+    """(training root, test root or None) of an image folder tree."""
+    return (root / "train" if (root / "train").is_dir() else root,
+            root / "test" if (root / "test").is_dir() else None)
+
+
+def has_dataset(root) -> bool:
+    """Whether `root` holds images that load_dataset reads: CIFAR-10's batches or class folders."""
+    root = Path(root)
+    return cifar_py_root(root) is not None or (root.is_dir() and bool(_list_image_folder(_folder_roots(root)[0])))
+
+
 def load_dataset(root, val_size: int = DEFAULT_VAL_SIZE, split_seed: int = DEFAULT_SPLIT_SEED,
-                 limit: int = None, download: bool = False, cache_dir=None) -> Dataset:
+                 limit: int = None, cache_dir=None) -> Dataset:
     """Load training and evaluation images from `root`.
 
     `root` holds cifar-10-batches-py/ (or its files), or an image folder tree with class
     folders, optionally under train/ and test/. With a test split, evaluation uses it;
     otherwise a stratified validation split of `val_size` images is held out from training.
     `limit` keeps at most that many training images (stratified too) for smoke runs.
+    ml.download fetches CIFAR-10 into `root` on a machine that has no copy.
     """
     root = Path(root)
     cache_dir = Path(cache_dir) if cache_dir else root / ".cache"
-    cifar = _cifar_py_root(root)
-    if cifar is None and download:
-        import torchvision  # only when asked: fetches the official archive when online
-        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
-        cifar = _cifar_py_root(root)
+    cifar = cifar_py_root(root)
     if cifar is not None:
         train, test, classes = _read_cifar_py(cifar)
         source = f"cifar-10-python:{cifar}"
     else:
         if not root.is_dir():
             raise FileNotFoundError(f"no dataset at {root}")
-        train_root = root / "train" if (root / "train").is_dir() else root
-        test_root = root / "test" if (root / "test").is_dir() else None
+        train_root, test_root = _folder_roots(root)
         classes = _folder_classes(train_root, test_root)
         train = _read_image_folder(train_root, classes, cache_dir)
         test = _read_image_folder(test_root, classes, cache_dir) if test_root else None
@@ -252,7 +260,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, translate: int = 2
 
 
 def iterate_batches(split: Split, batch_size: int, generator: torch.Generator = None,
-                    shard: tuple = (0, 1), drop_last: bool = False):
+                    shard: tuple = (0, 1)):
     """Yield (uint8 images, labels) batches; shuffled when a generator is given.
 
     `shard=(rank, world)` gives each distributed process its own slice of every global batch.
@@ -260,7 +268,6 @@ def iterate_batches(split: Split, batch_size: int, generator: torch.Generator = 
     n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     rank, world = shard
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
+    for start in range(0, n, batch_size):
         idx = order[start:start + batch_size][rank::world]
         yield split.images[idx], split.labels[idx]

@@ -11,26 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from ml.data import Split, iterate_batches, load_dataset, normalize
+from ml.device import autocast, pick_device
+from ml.modelfile import load_model_dir
+from ml.models import tta_logits
 
 CALIBRATION_BINS = 15
-
-
-def tta_logits(model, x: torch.Tensor, level: int) -> torch.Tensor:
-    """Test-time augmentation. 0: none; 1: average with the mirror image; 2: also average
-    one-pixel translations up-left and down-right (airbench's flip-and-translate)."""
-    def flip_avg(batch):
-        if level == 0:
-            return model(batch)
-        return 0.5 * (model(batch) + model(batch.flip(3)))
-
-    logits = flip_avg(x)
-    if level >= 2:
-        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        h, w = x.shape[2:]
-        up_left = padded[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
-        down_right = padded[:, :, 2:, 2:].contiguous(memory_format=torch.channels_last)
-        logits = 0.5 * logits + 0.25 * (flip_avg(up_left) + flip_avg(down_right))
-    return logits
 
 
 @torch.no_grad()
@@ -40,7 +25,7 @@ def predict_logits(model, split: Split, device, batch_size=500, tta=0, amp_dtype
     out = []
     for images, _ in iterate_batches(split, batch_size):
         x = normalize(images.to(device), *(norm or ()))
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             out.append(tta_logits(model, x, tta).float().cpu())
     return torch.cat(out)
 
@@ -113,9 +98,6 @@ def load_model_split(data_root, card, val_size=None):
 
 
 def main(argv=None):
-    from ml.modelfile import load_model_dir
-    from ml.train import pick_device
-
     parser = argparse.ArgumentParser(description="Evaluate a model folder on a dataset's "
                                      "validation (or test) split; prints a JSON report.")
     parser.add_argument("--model", required=True, help="model folder (weights + card.json)")

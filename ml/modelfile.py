@@ -6,6 +6,7 @@ refused with an error naming it.
 """
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -21,6 +23,7 @@ from ml.models import build_model
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 CARD_FORMAT = 1
+GALLERY_DIR = "gallery"  # the dashboard's thumbnails
 
 
 class ModelFileError(Exception):
@@ -76,6 +79,28 @@ def write_model_dir(path, model: torch.nn.Module, card: dict, extra_files: dict 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
+
+
+def _png(array_chw: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array_chw.permute(1, 2, 0).numpy()).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def gallery_files(images, report, dataset_train, classes, samples_per_class=8) -> dict:
+    """`extra_files` for write_model_dir: PNG thumbnails for the dashboard, the misclassified
+    validation images (each report entry gets its file's name) and a sample strip per class from
+    the training images."""
+    files = {}
+    for n, entry in enumerate(report["misclassified"]):
+        entry["image"] = f"{GALLERY_DIR}/misclassified-{n:03d}.png"
+        files[entry["image"]] = _png(images[entry["index"]])
+    for c, name in enumerate(classes):
+        idx = (dataset_train.labels == c).nonzero().flatten()[:samples_per_class]
+        if len(idx):
+            strip = torch.cat(list(dataset_train.images[idx]), dim=2)
+            files[f"{GALLERY_DIR}/samples-{name}.png"] = _png(strip)
+    return files
 
 
 def read_card(path) -> dict:

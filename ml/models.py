@@ -1,4 +1,5 @@
-"""Network architectures, chosen by name: `build_model(name, **kwargs)`.
+"""Network architectures, chosen by name: `build_model(name, **kwargs)`, and how every one of
+them is asked for logits with test-time augmentation (`tta_logits`).
 
 - `seednet`: the tutorial's CNN, unchanged, kept as the baseline.
 - `airnet`: the fast, accurate default. After Keller Jordan's airbench (CIFAR-10 speed records):
@@ -7,6 +8,7 @@
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ARCHITECTURES = {}
@@ -27,6 +29,24 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def tta_logits(model, x: torch.Tensor, level: int) -> torch.Tensor:
+    """Test-time augmentation. 0: none; 1: average with the mirror image; 2: also average
+    one-pixel translations up-left and down-right (airbench's flip-and-translate)."""
+    def flip_avg(batch):
+        if level == 0:
+            return model(batch)
+        return 0.5 * (model(batch) + model(batch.flip(3)))
+
+    logits = flip_avg(x)
+    if level >= 2:
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        h, w = x.shape[2:]
+        up_left = padded[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
+        down_right = padded[:, :, 2:, 2:].contiguous(memory_format=torch.channels_last)
+        logits = 0.5 * logits + 0.25 * (flip_avg(up_left) + flip_avg(down_right))
+    return logits
 
 
 @register("seednet")

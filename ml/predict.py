@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from ml.data import normalize
-from ml.evaluate import tta_logits
+from ml.device import autocast
 from ml.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from ml.modelfile import load_model_dir
+from ml.models import tta_logits
 
 TOP_K = 5
 
@@ -35,6 +36,7 @@ class Predictor:
         self.input_size = self.card.get("input_size", 32)
         self.tta = self.card.get("tta", 0)
         self.temperature = self.card.get("temperature", 1.0)  # see ml/calibrate.py
+        self.amp_dtype = None  # full precision: the temperature was fitted on full-precision logits
         norm = self.card["normalization"]
         self.norm = (norm["mean"], norm["std"])
         self.max_pixels = max_pixels
@@ -57,7 +59,7 @@ class Predictor:
         """Class probabilities (N, classes) for decoded input arrays, in one forward pass."""
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
         x = normalize(batch, *self.norm)
-        with self._lock:
+        with self._lock, autocast(self.device, self.amp_dtype):
             logits = tta_logits(self.model, x, self.tta)
         return (logits.float() / self.temperature).softmax(1).cpu()
 

@@ -1,27 +1,28 @@
 """Training benchmark: images/s per model and precision, then time-to-accuracy of `fast`.
 
-    make bench-train                      # or: python scripts/bench_train.py [--skip-full]
+    make bench-train                      # or: python -m scripts.bench_train [--skip-full]
 
 Throughput is measured on real training batches (augmentation included) in this one run, so the
 rows compare with each other even on a shared, noisy machine; the tutorial's set-up (seednet,
-batch 5, fp32) is the baseline row. The allocator column compares glibc's default, which unmaps
-and page-faults large buffers every step, with ml.libc.keep_freed_memory() as ml.train uses it.
+batch 5, fp32) is the baseline row. Each step is ml.train's own `train_step` with the row's preset
+(its translation and label smoothing), at the preset's base learning rate. The allocator column
+compares glibc's default, which unmaps and page-faults large buffers every step, with
+ml.libc.keep_freed_memory() as ml.train uses it.
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ml.data import augment, load_dataset, normalize  # noqa: E402
-from ml.libc import keep_freed_memory  # noqa: E402
-from ml.models import build_model  # noqa: E402
-from ml.train import (PRESETS, arch_kwargs, build_parser, make_optimizer, pick_amp_dtype,  # noqa: E402
-                      resolve_config, train)
+from ml.data import load_dataset
+from ml.device import pick_amp_dtype
+from ml.libc import keep_freed_memory
+from ml.models import build_model
+from ml.optim import make_optimizer
+from ml.presets import PRESETS, arch_kwargs
+from ml.train import build_parser, resolve_config, train, train_step
 
 FAST, BEST, SGD = PRESETS["fast"], PRESETS["best"], PRESETS["sgd"]
 # (row label, preset whose model and optimizer the row trains, batch size, precision, allocator).
@@ -39,7 +40,8 @@ CONFIGS = [
 
 
 def throughput(images, preset, batch_size, precision, seconds):
-    """Training images/s: forward, backward and the preset's optimizer step on augmented real batches."""
+    """Training images/s: ml.train's train_step (augmentation, forward, backward and the preset's
+    optimizer step) on real batches."""
     device = torch.device("cpu")
     torch.manual_seed(0)
     config = PRESETS[preset]
@@ -48,17 +50,13 @@ def throughput(images, preset, batch_size, precision, seconds):
     amp = pick_amp_dtype(precision, device)
     if precision == "bf16" and amp is None:
         return None  # this CPU has no bf16 support
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # as ml.train on CPU: no fp16
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 10, (batch_size,))
 
     def step(i):
         start = (i * batch_size) % (len(images) - batch_size)
-        x = augment(normalize(images[start:start + batch_size]), generator)  # translate, as in training
-        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, scaler, images[start:start + batch_size], labels, config, generator, amp)
 
     step(0)  # warm-up
     done, i, begin = 0, 1, time.perf_counter()

@@ -5,7 +5,8 @@ import torch
 
 from ml.models import build_model
 from ml.muon import Muon, orthogonalize
-from ml.train import PRESETS, make_optimizer
+from ml.optim import make_optimizer
+from ml.presets import PRESETS
 
 
 @pytest.mark.parametrize("shape", [(16, 72), (72, 16)])

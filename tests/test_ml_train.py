@@ -11,7 +11,8 @@ import pytest
 
 from conftest import PROJECT_ROOT
 from ml.modelfile import load_model_dir
-from ml.train import EXIT_STOPPED, PRESETS, build_parser, resolve_config, train
+from ml.presets import PRESETS
+from ml.train import EXIT_STOPPED, build_parser, resolve_config, train
 
 SMALL = ["--val-size", "40", "--threads", "1"]
 

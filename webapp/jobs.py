@@ -20,7 +20,7 @@ from pathlib import Path
 
 from flask import current_app
 
-from ml.train import PRESETS as TRAINING_PRESETS
+from ml.presets import PRESETS as TRAINING_PRESETS
 from webapp import PROJECT_ROOT
 from webapp.db import ACTIVE, database, db_path_for, write_transaction
 from webapp.errors import AppError
