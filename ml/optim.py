@@ -55,7 +55,7 @@ class Lookahead:
         self.average = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def update(self, model, decay: float):
-        for (name, average), current in zip(self.average.items(), model.state_dict().values()):
+        for average, current in zip(self.average.values(), model.state_dict().values()):
             if current.dtype.is_floating_point:
                 average.lerp_(current, 1 - decay)
                 current.copy_(average)

@@ -39,6 +39,7 @@ from ml.modelfile import gallery_files, write_model_dir
 from ml.models import build_model, count_parameters
 from ml.optim import Lookahead, lr_factor, make_optimizer, set_lr
 from ml.presets import PRESETS, add_hyperparameter_flags, arch_kwargs, preset_with_flags
+from ml.progress import EpochMeter, terminal_line
 
 EXIT_STOPPED = 3  # stopped by SIGTERM/SIGINT after writing a resume checkpoint
 WHITENING_IMAGES = 5000       # training images used to estimate the patch covariance
@@ -92,8 +93,7 @@ def train_one_epoch(model, split, config, state: TrainState, device, amp_dtype, 
     if config["arch"] == "airnet":
         state.model.whiten.bias.requires_grad = epoch < config["whiten_bias_epochs"]
     model.train()
-    window_loss, window_n, total_loss, total_correct, total_n = 0.0, 0, 0.0, 0, 0
-    window_start = time.perf_counter()
+    meter = EpochMeter()
     for step_in_epoch, (images, labels) in enumerate(batches):
         if step_in_epoch < state.step_in_epoch:
             continue  # resuming: these batches were done before the stop
@@ -104,30 +104,19 @@ def train_one_epoch(model, split, config, state: TrainState, device, amp_dtype, 
         state.step_in_epoch = step_in_epoch + 1
         if state.lookahead is not None:
             state.lookahead.after_step(state.model, state.global_step, total_steps)
-        batch_loss = loss.item()
-        window_loss += batch_loss * len(y)
-        window_n += len(y)
-        total_loss += batch_loss * len(y)
-        total_correct += (logits.argmax(1) == y).sum().item()
-        total_n += len(y)
-        last = step_in_epoch + 1 == steps_per_epoch
-        if state.global_step % log_every == 0 or last:
+        meter.add(loss.item(), (logits.argmax(1) == y).sum().item(), len(y))
+        if state.global_step % log_every == 0 or step_in_epoch + 1 == steps_per_epoch:
             now = time.perf_counter()
-            elapsed = state.elapsed_before + now - state.start_time
-            done = state.global_step / total_steps
             emit({"type": "step", "epoch": epoch + 1, "epochs": config["epochs"],
                   "step": step_in_epoch + 1, "steps_per_epoch": steps_per_epoch,
                   "global_step": state.global_step, "total_steps": total_steps,
-                  "loss": window_loss / window_n, "lr": state.optimizer.param_groups[0]["lr"],
-                  "images_per_s": window_n * world / max(now - window_start, 1e-9),
-                  "elapsed_s": elapsed, "eta_s": elapsed / done * (1 - done) if done else None,
-                  "progress": done})
-            window_loss, window_n, window_start = 0.0, 0, now
+                  **meter.window(now, state.elapsed_before + now - state.start_time,
+                                 state.optimizer.param_groups[0]["lr"], state.global_step / total_steps, world)})
         if stop_agreed(stop, world, device):
             state.aug_rng = aug_gen.get_state()
-            return total_loss / max(total_n, 1), total_correct / max(total_n, 1), True
+            return (*meter.result(), True)
     state.aug_rng = None
-    return total_loss / max(total_n, 1), total_correct / max(total_n, 1), False
+    return (*meter.result(), False)
 
 
 def new_state(config, dataset, device, amp_dtype) -> TrainState:
@@ -227,20 +216,6 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
             os.remove(checkpoint_path)
     finish_distributed(world)
     return card
-
-
-def terminal_line(record: dict) -> str:
-    kind = record["type"]
-    if kind == "step":
-        eta = f"{record['eta_s']:.0f}s" if record["eta_s"] is not None else "?"
-        return (f"epoch {record['epoch']}/{record['epochs']} step {record['step']}/{record['steps_per_epoch']}"
-                f"  loss {record['loss']:.4f}  lr {record['lr']:.4g}  {record['images_per_s']:.0f} img/s"
-                f"  elapsed {record['elapsed_s']:.0f}s  eta {eta}")
-    if kind == "epoch":
-        return (f"epoch {record['epoch']}/{record['epochs']} done  train loss {record['train_loss']:.4f}"
-                f"  val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}"
-                f"  elapsed {record['elapsed_s']:.0f}s")
-    return json.dumps(record)
 
 
 def build_parser():
