@@ -79,7 +79,7 @@ def create_app(test_config=None):
     from webapp import (admin, admin_api, api, auth, batching, dashboard, errors, formatting, metrics,
                         request_photos, security, upload)
 
-    app = Flask(__name__, instance_path=instance_path(test_config),
+    app = Flask(__name__, instance_path=instance_path(test_config), instance_relative_config=True,
                 template_folder=str(PROJECT_ROOT / "templates"), static_folder=str(PROJECT_ROOT / "static"))
     os.makedirs(app.instance_path, exist_ok=True)
     load_settings(app, test_config)

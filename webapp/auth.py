@@ -21,7 +21,7 @@ from pathlib import Path
 from flask import current_app, redirect, request, session, url_for
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from webapp.db import connect, db_path_for
+from webapp.db import database
 from webapp.errors import error_response, wants_json
 
 PASSWORD_FILE = "admin_password.hash"
@@ -102,7 +102,7 @@ def _credential_id() -> str:
 # ---- throttling ----
 
 def _db():
-    return connect(db_path_for(current_app.instance_path))
+    return database(current_app.instance_path)
 
 
 def _client() -> str:
@@ -112,32 +112,23 @@ def _client() -> str:
 def throttle_wait() -> int:
     """Seconds this client must wait before trying again (0 when it may try now)."""
     window = float(current_app.config["LOGIN_WINDOW_S"])
-    conn = _db()
-    try:
+    with _db() as conn:
         conn.execute("DELETE FROM login_failures WHERE at < ?", (time.time() - window,))
         rows = conn.execute("SELECT at FROM login_failures WHERE client = ? ORDER BY at",
                             (_client(),)).fetchall()
-    finally:
-        conn.close()
     if len(rows) < int(current_app.config["LOGIN_MAX_FAILURES"]):
         return 0
     return max(1, int(rows[0]["at"] + window - time.time()) + 1)
 
 
 def record_failure():
-    conn = _db()
-    try:
+    with _db() as conn:
         conn.execute("INSERT INTO login_failures (client, at) VALUES (?, ?)", (_client(), time.time()))
-    finally:
-        conn.close()
 
 
 def clear_failures():
-    conn = _db()
-    try:
+    with _db() as conn:
         conn.execute("DELETE FROM login_failures WHERE client = ?", (_client(),))
-    finally:
-        conn.close()
 
 
 # ---- sessions and guards ----
