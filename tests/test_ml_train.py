@@ -11,6 +11,7 @@ import pytest
 
 from conftest import PROJECT_ROOT
 from ml.modelfile import load_model_dir
+from ml.distributed import StopFlag
 from ml.presets import PRESETS
 from ml.train import EXIT_STOPPED, build_parser, resolve_config, train
 
@@ -131,6 +132,28 @@ def test_sigterm_leaves_a_checkpoint_that_resumes_to_the_same_model(tmp_path, ti
     digest = lambda text: [json.loads(l)["weights_digest"] for l in text.splitlines() if '"done"' in l][0]
     assert digest(resumed_out) == digest(ref_out)  # as if it had never stopped
     assert not ckpt.exists() and (out / "card.json").is_file()
+
+
+@pytest.mark.parametrize("preset", ["sgd", "fast"])  # lookahead + translate + flip; Muon + whitening bias
+def test_a_stop_mid_epoch_resumes_in_process_to_the_same_weights(tmp_path, tiny_dataset, preset):
+    """The TrainState round trip (augmentation generator mid-epoch, lookahead average, optimizer
+    and scaler state) through a weights_only checkpoint gives the weights of a run never stopped."""
+    config = config_for(tiny_dataset, "--preset", preset, "--widths", "8", "16", "16", "--epochs", "3",
+                        "--batch-size", "40", "--precision", "fp32", "--seed", "2")
+    reference = []
+    train(config, tmp_path / "ref", emit=reference.append)
+    stop, ckpt, records = StopFlag(), tmp_path / "run.resume.pt", []
+
+    def stop_after_seven_steps(record):
+        records.append(record)
+        stop.requested = record.get("global_step") == 7  # epoch 2, step 2 of 5
+
+    assert train(config, tmp_path / "run", ckpt, emit=stop_after_seven_steps, stop=stop) is None
+    assert ckpt.is_file() and records[-1]["type"] == "stopped" and records[-1]["global_step"] == 7
+    train(config, tmp_path / "run", ckpt, resume=True, emit=records.append)
+    digests = [[r["weights_digest"] for r in run if r["type"] == "done"] for run in (reference, records)]
+    assert digests[0] == digests[1] and len(digests[0]) == 1
+    assert not ckpt.exists()
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, tiny_dataset):
