@@ -34,8 +34,9 @@ def make_card(model, config, dataset, report, history, train_seconds, eval_secon
         "classes": list(dataset.classes),
         "input_size": 32,
         "normalization": {"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD), "scale": "0-255 RGB"},
-        "preprocess": "EXIF orientation, alpha on white, RGB; shorter side to 32 (bilinear, "
-                      "antialiased), centre crop 32x32",
+        "preprocess": "EXIF orientation, alpha on white, RGB; JPEG draft decoding to at least 64 px; "
+                      "shorter side to 32 (area average when shrinking, bilinear when enlarging), "
+                      "centre crop 32x32",
         "tta": config["tta"],
         "hyperparameters": config,
         "data": dict(dataset.describe(), val_size=config["val_size"], split_seed=config["split_seed"]),

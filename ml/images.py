@@ -76,14 +76,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize_center_crop(image: Image.Image, size: int = 32) -> Image.Image:
-    """torchvision's classic Resize(size) + CenterCrop(size): shorter side to `size`, antialiased."""
+    """Resize(size) + CenterCrop(size): shorter side to `size`, then the centre square.
+
+    Downscaling averages each output pixel's footprint (Pillow's BOX, OpenCV's INTER_AREA) rather
+    than antialiased bilinear: bilinear's triangle spans two footprints and blurs, so a validation
+    image upscaled x3-x32 and sent back got another answer on 7.8% of the client variants of
+    ml/robustness.py with the previous shipped model; with BOX, on 3.4% (same model, same images).
+    Images smaller than `size` are still enlarged bilinearly."""
     width, height = image.size
     if (width, height) != (size, size):
         if width <= height:
             new_size = (size, int(size * height / width))
         else:
             new_size = (int(size * width / height), size)
-        image = image.resize(new_size, Image.BILINEAR)
+        image = image.resize(new_size, Image.BOX if min(width, height) > size else Image.BILINEAR)
         width, height = image.size
         left = int(round((width - size) / 2.0))
         top = int(round((height - size) / 2.0))

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from ml.augment import cached_client_bank, client_mix, cutout, photo_augment
 from ml.calibrate import calibrated_report
 from ml.card import make_card, weights_digest
 from ml.checkpoint import TrainState, load_checkpoint, save_checkpoint
@@ -57,7 +58,9 @@ def resolve_config(args) -> dict:
 def train_step(model, optimizer, scaler, images, labels, config, generator, amp_dtype):
     """One optimiser step on a batch already on the training device (uint8 images): normalise,
     augment, forward, loss, backward, step. Returns (logits, loss)."""
-    x = augment(normalize(images), generator, config["translate"])
+    x = augment(normalize(photo_augment(images, config, generator)), generator, config["translate"])
+    if config["cutout_aug"]:
+        x = cutout(x, config["cutout_aug"], generator)
     with autocast(images.device, amp_dtype):
         logits = model(x)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=config["label_smoothing"])
@@ -78,12 +81,16 @@ def augmentation_generator(config, state: TrainState, device, rank) -> torch.Gen
     return generator
 
 
-def train_one_epoch(model, split, config, state: TrainState, device, amp_dtype, emit, stop, world, rank):
+def train_one_epoch(model, split, config, state: TrainState, device, amp_dtype, emit, stop, world, rank,
+                    client_bank=None):
     """One pass over the training split (or what is left of it when resuming mid-epoch) with
-    `model` (state.model, or its DistributedDataParallel wrapper). Returns (mean loss, accuracy, stopped)."""
+    `model` (state.model, or its DistributedDataParallel wrapper); `client_bank` holds the upload
+    round trips that serving_aug swaps in. Returns (mean loss, accuracy, stopped)."""
     epoch = state.epoch
     shuffle = torch.Generator().manual_seed(config["seed"] * 1000 + epoch)
     aug_gen = augmentation_generator(config, state, device, rank)
+    if client_bank is not None:
+        split = client_mix(split, client_bank, config["serving_aug"], config["seed"], epoch)
     if config["flip"]:
         split = alternating_flip(split, config["seed"], epoch)
     batches = iterate_batches(split, config["batch_size"], shuffle, shard=(rank, world))
@@ -163,6 +170,8 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
                            limit=config["limit"])
     if world > 1 and config["batch_size"] % world:
         raise ValueError(f"batch size {config['batch_size']} is not divisible by {world} processes")
+    client_bank = cached_client_bank(dataset.train.images, Path(config["data"]) / ".cache", config["seed"]) \
+        if config["serving_aug"] else None
     amp_dtype = pick_amp_dtype(config["precision"], device)
     state = new_state(config, dataset, device, amp_dtype)
     model = state.model
@@ -180,7 +189,7 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
     state.start_time = time.perf_counter()
     while state.epoch < config["epochs"]:
         train_loss, train_acc, stopped = train_one_epoch(
-            train_model, dataset.train, config, state, device, amp_dtype, log, stop, world, rank)
+            train_model, dataset.train, config, state, device, amp_dtype, log, stop, world, rank, client_bank)
         if stopped:
             if rank == 0 and checkpoint_path:
                 state.elapsed_before += time.perf_counter() - state.start_time

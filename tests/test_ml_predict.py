@@ -73,11 +73,18 @@ def test_exif_rotation_is_honoured():
     assert rotated_by_viewer[2, 16, 0] > 200 and rotated_by_viewer[29, 16, 2] > 200
 
 
-def test_resize_matches_torchvision_classic_transforms():
+def test_resize_matches_torchvision_transforms_with_area_averaging():
     from torchvision import transforms
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 160, 3), dtype=np.uint8))
-    reference = transforms.Compose([transforms.Resize(32), transforms.CenterCrop(32)])(image)
+    box = transforms.InterpolationMode.BOX
+    reference = transforms.Compose([transforms.Resize(32, interpolation=box), transforms.CenterCrop(32)])(image)
     assert np.array_equal(np.asarray(resize_center_crop(image)), np.asarray(reference))
+
+
+def test_an_integer_nearest_upscale_decodes_back_to_the_original_pixels():
+    original = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    upscaled = Image.fromarray(original).resize((256, 256), Image.NEAREST)
+    assert np.array_equal(decode_image(encode(upscaled, "PNG")), original)
 
 
 def test_large_jpeg_uses_draft_and_matches_full_decode():

@@ -1,0 +1,197 @@
+"""Training augmentations for photos as clients send them.
+
+Two kinds, both reproducible for a seed:
+- the serving path (`client_bank`, `client_mix`): a training image upscaled with a random filter to
+  96-320 px, sometimes letterboxed, saved as PNG, JPEG or WebP at a random quality and decoded by
+  `ml.images.decode_image` (JPEG draft mode included), exactly as an upload is. That needs Pillow,
+  so a bank of such round trips is made once (two per image, about 3 ms each) and cached beside
+  the dataset cache; each epoch swaps a share of the images for one of their round trips.
+- natural-photo changes (`photo_augment`): random-resized crops, colour and contrast jitter,
+  greyscale, blur and sensor noise, cutout; batched tensor ops on the training device.
+"""
+
+import hashlib
+import io
+import math
+import random
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from ml.data import Split
+from ml.images import decode_image
+
+BANK_FORMAT = 1          # bump when the round trip changes, so cached banks are rebuilt
+BANK_COPIES = 2          # round trips kept per training image
+UPSCALE_RANGE = (3, 10)  # x3..x10 (96-320 px): JPEGs from 128 px decode in draft mode at 1/2, 1/4
+# Encoder speed settings: PNG is lossless whatever its level, and WebP's fastest method is still
+# lossy WebP at that quality; at 256 px the defaults cost 20 ms (PNG) and 14 ms (WebP) a round trip.
+ENCODER_OPTIONS = {"PNG": {"compress_level": 1}, "JPEG": {}, "WEBP": {"method": 0}}
+FILTERS = [Image.NEAREST, Image.BILINEAR, Image.BICUBIC, Image.LANCZOS, Image.BOX]
+FORMATS = ["PNG", "JPEG", "WEBP"]
+QUALITY_RANGE = (40, 95)
+LETTERBOX_SHARE = 0.2    # share of round trips framed 5:4 to 16:9, as gallery crops and screenshots
+CROP_SCALE = (0.35, 1.0)     # random-resized crop: share of the image area kept
+CROP_RATIO = (3 / 4, 4 / 3)
+JITTER = 0.4                 # brightness, contrast and saturation factors drawn from 1 +/- JITTER
+GREY_SHARE = 0.2             # of the colour-jittered images, the share turned grey
+BLUR_SIGMA = (0.3, 1.2)      # pixels
+NOISE_SIGMA = (0.0, 0.08)    # of the 0..1 range
+CUTOUT_SIZE = 10             # pixels, a square at a random place
+GREY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+# ---- the serving path, through Pillow ----
+
+def client_round_trip(array_hwc: np.ndarray, rng: random.Random) -> np.ndarray:
+    """One random upload of a 32x32 image: upscaled, maybe framed, encoded, decoded as served."""
+    image = Image.fromarray(array_hwc)
+    scale = math.exp(rng.uniform(*map(math.log, UPSCALE_RANGE)))
+    size = round(image.width * scale)
+    image = image.resize((size, size), rng.choice(FILTERS))
+    if rng.random() < LETTERBOX_SHARE:
+        frame = Image.new("RGB", (round(size * rng.uniform(1.25, 1.78)), size),
+                          tuple(rng.randrange(256) for _ in range(3)))
+        frame.paste(image, ((frame.width - size) // 2, 0))
+        image = frame
+    fmt = rng.choice(FORMATS)
+    buffer = io.BytesIO()
+    quality = {} if fmt == "PNG" else {"quality": rng.randint(*QUALITY_RANGE)}
+    image.save(buffer, fmt, **ENCODER_OPTIONS[fmt], **quality)
+    return decode_image(buffer.getvalue())
+
+
+def _round_trips(job):
+    arrays, seed = job
+    rng = random.Random(seed)
+    return np.stack([[client_round_trip(a, rng) for a in arrays] for _ in range(BANK_COPIES)])
+
+
+def build_client_bank(images: torch.Tensor, seed: int = 0, workers: int = 2, chunk: int = 500) -> torch.Tensor:
+    """uint8 (N, 3, 32, 32) -> uint8 (BANK_COPIES, N, 3, 32, 32) of random round trips; each chunk
+    has its own seed, so the bank does not depend on the number of workers."""
+    arrays = images.permute(0, 2, 3, 1).numpy()
+    jobs = [(arrays[i:i + chunk], seed * 1_000_003 + i) for i in range(0, len(arrays), chunk)]
+    with ProcessPoolExecutor(workers) as pool:
+        parts = list(pool.map(_round_trips, jobs))
+    return torch.from_numpy(np.concatenate(parts, axis=1)).permute(0, 1, 4, 2, 3).contiguous()
+
+
+def cached_client_bank(images: torch.Tensor, cache_dir, seed: int = 0, workers: int = 2) -> torch.Tensor:
+    """`build_client_bank`, cached by the images' content and the seed."""
+    digest = hashlib.sha256(images.numpy().tobytes() + f"bank{BANK_FORMAT}:{seed}".encode()).hexdigest()[:16]
+    path = cache_dir / f"client-bank-{digest}.safetensors"
+    if path.is_file():
+        return load_file(path)["bank"]
+    bank = build_client_bank(images, seed, workers)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"bank": bank}, str(tmp))
+    tmp.replace(path)
+    return bank
+
+
+def client_mix(split: Split, bank: torch.Tensor, share: float, seed: int, epoch: int) -> Split:
+    """The split with a random `share` of its images swapped for one of their round trips."""
+    generator = torch.Generator().manual_seed(seed * 7907 + epoch)
+    swap = torch.rand(len(split), generator=generator) < share
+    copy = torch.randint(0, len(bank), (len(split),), generator=generator)
+    swapped = bank[copy, torch.arange(len(split))]
+    return Split(torch.where(swap.view(-1, 1, 1, 1), swapped, split.images), split.labels)
+
+
+# ---- natural-photo changes, batched on the training device ----
+
+def _chosen(n, share, generator):
+    return torch.rand(n, generator=generator, device=generator.device) < share
+
+
+def _uniform(n, low, high, generator):
+    return low + (high - low) * torch.rand(n, generator=generator, device=generator.device)
+
+
+def random_resized_crop(x: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """A random region (CROP_SCALE of the area, CROP_RATIO aspect) of the chosen images, resized
+    back to full size with bilinear sampling; the others are left as they are."""
+    n = len(x)
+    area = _uniform(n, *CROP_SCALE, generator)
+    log_ratio = _uniform(n, math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]), generator)
+    width = (area * log_ratio.exp()).sqrt().clamp(max=1)
+    height = (area / log_ratio.exp()).sqrt().clamp(max=1)
+    keep = ~_chosen(n, share, generator)
+    width, height = width.masked_fill(keep, 1.0), height.masked_fill(keep, 1.0)
+    centre_x = (1 - width) * _uniform(n, -1, 1, generator)
+    centre_y = (1 - height) * _uniform(n, -1, 1, generator)
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = width, centre_x, height, centre_y
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def colour_jitter(x: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation of the chosen images scaled by 1 +/- JITTER; a
+    GREY_SHARE of them turned grey. `x` is in 0..1."""
+    n = len(x)
+    chosen = _chosen(n, share, generator).view(n, 1, 1, 1)
+    brightness, contrast, saturation = (_uniform(n, 1 - JITTER, 1 + JITTER, generator).view(n, 1, 1, 1)
+                                        for _ in range(3))
+    grey_weights = torch.tensor(GREY_WEIGHTS, device=x.device).view(1, 3, 1, 1)
+    out = x * brightness
+    grey = (out * grey_weights).sum(1, keepdim=True)
+    out = (out - grey.mean((2, 3), keepdim=True)) * contrast + grey.mean((2, 3), keepdim=True)
+    grey = (out * grey_weights).sum(1, keepdim=True)
+    out = grey + (out - grey) * saturation
+    to_grey = _chosen(n, GREY_SHARE, generator).view(n, 1, 1, 1)
+    out = torch.where(to_grey, (out * grey_weights).sum(1, keepdim=True).expand_as(out), out)
+    return torch.where(chosen, out.clamp(0, 1), x)
+
+
+def blur_and_noise(x: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """The chosen images blurred (Gaussian, BLUR_SIGMA) and given sensor noise (NOISE_SIGMA),
+    one sigma each per image, in one grouped convolution. `x` is in 0..1."""
+    n, c, h, w = x.shape
+    chosen = _chosen(n, share, generator)
+    sigma = _uniform(n, *BLUR_SIGMA, generator).view(n, 1)
+    radius = math.ceil(3 * BLUR_SIGMA[1])
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype).view(1, -1)
+    kernel = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+    identity = (taps == 0).to(x.dtype).expand(n, -1)
+    kernel = torch.where(chosen.view(n, 1), kernel / kernel.sum(1, keepdim=True), identity)
+    kernel = kernel.repeat_interleave(c, 0)  # one kernel per image, shared by its channels
+    flat = x.reshape(1, n * c, h, w)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel.view(n * c, 1, 1, -1), groups=n * c)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel.view(n * c, 1, -1, 1), groups=n * c)
+    noise_sigma = _uniform(n, *NOISE_SIGMA, generator) * chosen
+    noise = torch.randn(x.shape, generator=generator, device=x.device) * noise_sigma.view(n, 1, 1, 1)
+    return (flat.view(n, c, h, w) + noise).clamp(0, 1)
+
+
+def cutout(x: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """A CUTOUT_SIZE square of the chosen images set to zero (the mean, on normalised input)."""
+    n, _, h, w = x.shape
+    chosen = _chosen(n, share, generator).view(n, 1, 1)
+    top = torch.randint(-CUTOUT_SIZE // 2, h - CUTOUT_SIZE // 2, (n, 1, 1), generator=generator, device=x.device)
+    left = torch.randint(-CUTOUT_SIZE // 2, w - CUTOUT_SIZE // 2, (n, 1, 1), generator=generator, device=x.device)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    hole = (rows >= top) & (rows < top + CUTOUT_SIZE) & (cols >= left) & (cols < left + CUTOUT_SIZE) & chosen
+    return x.masked_fill(hole.unsqueeze(1), 0.0)
+
+
+def photo_augment(images: torch.Tensor, config: dict, generator: torch.Generator) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float 0..255 with the config's shares of crop, colour and blur/noise
+    (cutout acts on the normalised batch, see `cutout`). The batch comes back untouched when all
+    three are 0, so recipes without them train bit for bit as before."""
+    steps = [(share, step) for share, step in ((config["crop_aug"], random_resized_crop),
+                                                (config["colour_aug"], colour_jitter),
+                                                (config["blur_aug"], blur_and_noise)) if share]
+    if not steps:
+        return images
+    x = images.float() / 255
+    for share, step in steps:
+        x = step(x, share, generator)
+    return x * 255

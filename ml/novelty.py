@@ -1,0 +1,72 @@
+"""'None of these': how unlike the training images a photo is, and where "not recognised" starts.
+
+Every score is "higher = more novel", computed from what one forward pass already gives (the
+calibrated logits and the penultimate features):
+- `msp`: minus the top softmax probability (the baseline everyone starts from);
+- `energy`: minus T * logsumexp(logits / T) on the calibrated logits (Liu et al., 2020);
+- `knn`: distance from the L2-normalised features to their k-th nearest neighbour among a sample
+  of normalised training features (Sun et al., 2022); the sample is stored with the model.
+The method is chosen by measurement (README, "None of these"); the threshold is the score that
+`keep_share` of the validation images stay under.
+"""
+
+import torch
+import torch.nn.functional as F
+
+METHODS = ("msp", "energy", "knn")
+DEFAULT_KEEP_SHARE = 0.95  # validation images that must stay recognised at the threshold
+KNN_K = 10                 # k for a bank of ~10,000 training features (Sun et al.: k=50 for 50,000)
+BANK_SIZE = 10_000         # training features stored with the model (float16, about 7.7 MB at 384-d)
+
+
+def normalise(features: torch.Tensor) -> torch.Tensor:
+    return F.normalize(features.float(), dim=1)
+
+
+def knn_distance(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chunk: int = 1024) -> torch.Tensor:
+    """Euclidean distance of each normalised feature row to its k-th nearest row of `bank`."""
+    bank = bank.float()
+    out = []
+    for start in range(0, len(features), chunk):
+        similarity = normalise(features[start:start + chunk]) @ bank.T
+        kth = similarity.topk(min(k, len(bank)), dim=1).values[:, -1]
+        out.append((2 - 2 * kth).clamp_min(0).sqrt())
+    return torch.cat(out)
+
+
+def novelty_scores(method: str, logits: torch.Tensor, features: torch.Tensor = None,
+                   bank: torch.Tensor = None, temperature: float = 1.0) -> torch.Tensor:
+    """Novelty per row (higher = less like the training images). `logits` are raw (uncalibrated)."""
+    if method == "msp":
+        return -(logits.float() / temperature).softmax(1).amax(1)
+    if method == "energy":
+        return -temperature * torch.logsumexp(logits.float() / temperature, dim=1)
+    if method == "knn":
+        return knn_distance(features, bank)
+    raise ValueError(f"unknown novelty method {method!r}; choose from {METHODS}")
+
+
+def fit_threshold(scores: torch.Tensor, keep_share: float = DEFAULT_KEEP_SHARE) -> float:
+    """The novelty under which `keep_share` of these (in-distribution) scores fall."""
+    return float(torch.quantile(scores.float(), keep_share))
+
+
+def auroc(known: torch.Tensor, unknown: torch.Tensor) -> float:
+    """Area under the ROC curve of telling `unknown` from `known` by score (higher = unknown):
+    the chance a random unknown scores above a random known, ties counting half."""
+    scores = torch.cat([known, unknown]).double()
+    order = scores.argsort()
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    for value in scores.unique()[(scores.unique(return_counts=True)[1] > 1)]:
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()  # average ranks of ties
+    n_known, n_unknown = len(known), len(unknown)
+    return float((ranks[n_known:].sum() - n_unknown * (n_unknown + 1) / 2) / (n_known * n_unknown))
+
+
+def training_bank(features: torch.Tensor, size: int = BANK_SIZE, seed: int = 0) -> torch.Tensor:
+    """A fixed random sample of normalised training features, float16, to store with the model."""
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(features), generator=generator)[:size]
+    return normalise(features[pick]).half()
