@@ -1,9 +1,11 @@
-"""Temperature scaling, so the probabilities a user sees are honest.
+"""Temperature scaling, so the probabilities a user sees are honest; and the novelty threshold,
+so a photo of none of the ten classes is said to be so.
 
 Label smoothing makes airnet under-confident (it says 60% where it is right 90% of the time). One
 scalar temperature T, fitted on the validation split by minimising its cross-entropy, fixes that
 without changing any prediction: probabilities are softmax(logits / T). `ml.train` fits it at the
-end of training; this command fits it for an existing model folder and rewrites its card:
+end of training, with the novelty score's training-feature bank and threshold (ml/novelty.py);
+this command fits both for an existing model folder and rewrites its card:
 
     python -m ml.calibrate --model models/default --data data
 """
@@ -13,9 +15,17 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from ml.device import pick_device
-from ml.evaluate import load_model_split, predict_logits, report_from_logits
-from ml.modelfile import gallery_files, load_model_dir, write_model_dir
+from pathlib import Path
+
+from ml.data import Split
+from ml.device import pick_amp_dtype, pick_device
+from ml.evaluate import (ModelRunner, far_out_sets, load_model_split, novelty_report, predict_outputs,
+                         report_from_logits, robustness_report)
+from ml.modelfile import gallery_files, load_model_dir, novelty_file, write_model_dir
+from ml.novelty import (BANK_SIZE, DEFAULT_KEEP_SHARE, DEFAULT_METHOD, KNN_K, METHODS, fit_threshold,
+                        novelty_scores, training_bank)
+
+PACKAGE_PHOTOS = "package-photos"  # under the data folder, made by scripts/export_package_photos.py
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -34,12 +44,46 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def calibrated_report(model, dataset, device, tta, norm):
-    """(temperature, report) on the dataset's validation split, in full precision as served: the
-    temperature is fitted on these logits and the report's probabilities use it."""
-    logits = predict_logits(model, dataset.val, device, tta=tta, norm=norm)
+    """(temperature, report, calibrated logits, features) on the dataset's validation split, in
+    full precision as served: the temperature is fitted on these logits and the report uses it."""
+    logits, features = predict_outputs(model, dataset.val, device, tta=tta, norm=norm)
     temperature = fit_temperature(logits, dataset.val.labels)
-    return temperature, report_from_logits(logits / temperature, dataset.val.labels, dataset.classes,
-                                           dataset.val_name, tta)
+    report = report_from_logits(logits / temperature, dataset.val.labels, dataset.classes, dataset.val_name, tta)
+    return temperature, report, logits / temperature, features
+
+
+def fit_novelty(model, dataset, device, norm, val_logits, val_features, method=DEFAULT_METHOD,
+                keep_share=DEFAULT_KEEP_SHARE, seed=0):
+    """(card section, training-feature bank): the novelty method, its bank of normalised training
+    features and the threshold that `keep_share` of the validation images stay under."""
+    sample = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(seed))[:BANK_SIZE]
+    train_features = predict_outputs(model, Split(dataset.train.images[sample], dataset.train.labels[sample]),
+                                     device, norm=norm)[1]
+    bank = training_bank(train_features)
+    threshold = fit_threshold(novelty_scores(method, val_logits, val_features, bank), keep_share)
+    spec = {"method": method, "threshold": threshold, "keep_share": keep_share,
+            "fitted_on": f"{len(val_logits)} {dataset.val_name} images"}
+    if method == "knn":
+        spec.update(k=KNN_K, bank_images=len(bank))
+    return spec, bank
+
+
+def fit_novelty_and_measure(model, card, dataset, device, val_logits, val_features, data_root,
+                            method=DEFAULT_METHOD, keep_share=DEFAULT_KEEP_SHARE):
+    """(card, extra files): the card with its fitted novelty section, the robustness suite and the
+    far-out sets' figures (bf16 where the hardware has it); the files hold the feature bank."""
+    norm = (card["normalization"]["mean"], card["normalization"]["std"])
+    novelty, bank = fit_novelty(model, dataset, device, norm, val_logits, val_features, method, keep_share)
+    files = {}
+    if method == "knn":
+        files, novelty["bank_sha256"] = novelty_file(bank)
+    runner = ModelRunner(model, dict(card, novelty=novelty), device, pick_amp_dtype("auto", device),
+                         bank if method == "knn" else None)
+    photos = Path(data_root) / PACKAGE_PHOTOS
+    novelty["far_out"] = novelty_report(runner, dataset.val, far_out_sets(photos if photos.is_dir() else None),
+                                        novelty["threshold"], method)
+    robustness = robustness_report(runner, dataset.val, Path(data_root) / ".cache")
+    return dict(card, novelty=novelty, robustness=robustness), files
 
 
 def main(argv=None):
@@ -48,19 +92,26 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="model folder to calibrate (rewritten atomically)")
     parser.add_argument("--data", default="data", help="the dataset the model was trained on")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--novelty-method", default=DEFAULT_METHOD, choices=METHODS,
+                        help="the 'none of these' score (README: chosen by measurement)")
+    parser.add_argument("--keep-share", type=float, default=DEFAULT_KEEP_SHARE,
+                        help="share of validation images that stay recognised at the threshold")
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
     model, card = load_model_dir(args.model, device)
     dataset = load_model_split(args.data, card)
     norm = (card["normalization"]["mean"], card["normalization"]["std"])
-    temperature, report = calibrated_report(model, dataset, device, card["tta"], norm)
+    temperature, report, logits, features = calibrated_report(model, dataset, device, card["tta"], norm)
     before = card["evaluation"]["ece"]
-    card = dict(card, temperature=temperature, evaluation=report)
-    write_model_dir(args.model, model, card, gallery_files(dataset.val.images, report, dataset.train,
-                                                           dataset.classes))
+    card, novelty_files = fit_novelty_and_measure(model, dict(card, temperature=temperature, evaluation=report),
+                                                  dataset, device, logits, features, args.data,
+                                                  args.novelty_method, args.keep_share)
+    novelty = card["novelty"]
+    write_model_dir(args.model, model, card, {**gallery_files(dataset.val.images, report, dataset.train,
+                                                              dataset.classes), **novelty_files})
     print(f"{args.model}: temperature {temperature:.3f}, ECE {before:.4f} -> {report['ece']:.4f}, "
-          f"accuracy {report['accuracy']:.4f}")
+          f"accuracy {report['accuracy']:.4f}; novelty {novelty['method']} threshold {novelty['threshold']:.4f}")
 
 
 if __name__ == "__main__":

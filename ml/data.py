@@ -43,6 +43,7 @@ class Dataset:
     classes: list
     val_name: str  # "validation" (held out from training images) or "test" (a real test split)
     source: str
+    unknown_val: Split = None  # after only_classes: the evaluation images of the classes left out
 
     def describe(self) -> dict:
         return {
@@ -51,6 +52,28 @@ class Dataset:
             "train_per_class": class_counts(self.train.labels, self.classes),
             "eval_per_class": class_counts(self.val.labels, self.classes),
         }
+
+    def only_classes(self, names) -> "Dataset":
+        """The dataset restricted to the classes `names`, relabelled 0.. in that order (the
+        open-set protocol trains on 8 classes; the split itself is unchanged)."""
+        unknown = sorted(set(names) - set(self.classes))
+        if unknown:
+            raise ValueError(f"no classes {unknown} in this dataset; it has {self.classes}")
+        old = torch.tensor([self.classes.index(name) for name in names])
+
+        def restrict(split):
+            keep = torch.isin(split.labels, old)
+            relabel = torch.full((len(self.classes),), -1, dtype=torch.int64)
+            relabel[old] = torch.arange(len(old))
+            return Split(split.images[keep], relabel[split.labels[keep]])
+
+        return Dataset(restrict(self.train), restrict(self.val), list(names), self.val_name, self.source,
+                       self.val_outside(names))
+
+    def val_outside(self, names) -> Split:
+        """The evaluation images of every class not in `names` (the open-set protocol's unknowns)."""
+        inside = torch.tensor([self.classes.index(name) for name in names])
+        return self.val.subset(~torch.isin(self.val.labels, inside))
 
 
 def class_counts(labels: torch.Tensor, classes) -> dict:

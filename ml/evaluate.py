@@ -1,33 +1,52 @@
-"""Evaluation report: accuracy, per-class accuracy, confusion matrix, loss, calibration.
+"""Evaluation reports: accuracy, per-class accuracy, confusion matrix, loss, calibration; the
+robustness suite (client variants, common corruptions); the novelty score's open-set and far-out
+separation.
 
     python -m ml.evaluate --model models/default --data data [--tta 1] [--out report.json]
+    python -m ml.evaluate --model models/default --data data --robustness --novelty \
+        [--package-photos data/package-photos]
 """
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ml import outliers, robustness
 from ml.data import Split, iterate_batches, load_dataset, normalize
-from ml.device import autocast, pick_device
-from ml.modelfile import load_model_dir
-from ml.models import tta_logits
+from ml.device import autocast, pick_amp_dtype, pick_device
+from ml.modelfile import load_model_dir, load_novelty_bank
+from ml.models import tta_outputs
+from ml.novelty import METHODS, auroc, novelty_scores
 
 CALIBRATION_BINS = 15
 
 
+SUITE_VARIANT_IMAGES = 500     # validation images behind the 13 client variants (6,500 inputs)
+SUITE_CORRUPTION_IMAGES = 200  # validation images behind 12 corruptions x 5 severities (12,000)
+FAR_OUT_IMAGES = 300           # per procedural far-out set
+
+
 @torch.no_grad()
-def predict_logits(model, split: Split, device, batch_size=500, tta=0, amp_dtype=None, norm=None):
-    """Logits (float32, on CPU) for every image of `split`, in order."""
+def predict_outputs(model, split: Split, device, batch_size=500, tta=0, amp_dtype=None, norm=None):
+    """(logits, penultimate features), float32 on CPU, for every image of `split`, in order."""
     model.eval()
-    out = []
+    logits, features = [], []
     for images, _ in iterate_batches(split, batch_size):
         x = normalize(images.to(device), *(norm or ()))
         with autocast(device, amp_dtype):
-            out.append(tta_logits(model, x, tta).float().cpu())
-    return torch.cat(out)
+            batch_logits, batch_features = tta_outputs(model, x, tta)
+        logits.append(batch_logits.float().cpu())
+        features.append(batch_features.float().cpu())
+    return torch.cat(logits), torch.cat(features)
+
+
+def predict_logits(model, split: Split, device, batch_size=500, tta=0, amp_dtype=None, norm=None):
+    """Logits (float32, on CPU) for every image of `split`, in order."""
+    return predict_outputs(model, split, device, batch_size, tta, amp_dtype, norm)[0]
 
 
 def calibration(confidence: torch.Tensor, correct: torch.Tensor, bins=CALIBRATION_BINS):
@@ -79,11 +98,95 @@ def report_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes, spli
     }
 
 
-def evaluate_model(model, split: Split, classes, split_name, device="cpu", tta=0, amp_dtype=None,
-                   norm=None, temperature=1.0) -> dict:
-    device = torch.device(device)
-    logits = predict_logits(model, split, device, tta=tta, amp_dtype=amp_dtype, norm=norm)
-    return report_from_logits(logits / temperature, split.labels, classes, split_name, tta)
+class ModelRunner:
+    """A loaded model with its card's preprocessing, TTA and temperature: images in, calibrated
+    logits and features out. The robustness and novelty reports all go through it."""
+
+    def __init__(self, model, card, device, amp_dtype=None, novelty_bank=None):
+        self.model, self.card, self.device, self.amp_dtype = model, card, device, amp_dtype
+        self.tta = card.get("tta", 0)
+        self.temperature = card.get("temperature", 1.0)
+        self.norm = (card["normalization"]["mean"], card["normalization"]["std"])
+        self.novelty_bank = novelty_bank
+
+    def outputs(self, images: torch.Tensor):
+        """(calibrated logits, features) for uint8 (N, 3, 32, 32) images."""
+        split = Split(images, torch.zeros(len(images), dtype=torch.int64))
+        logits, features = predict_outputs(self.model, split, self.device, tta=self.tta,
+                                           amp_dtype=self.amp_dtype, norm=self.norm)
+        return logits / self.temperature, features
+
+    def novelty(self, images: torch.Tensor, methods=METHODS) -> dict:
+        """{method: novelty scores} for the images (knn only with a training-feature bank)."""
+        logits, features = self.outputs(images)
+        return {m: novelty_scores(m, logits, features, self.novelty_bank) for m in methods
+                if m != "knn" or self.novelty_bank is not None}
+
+
+def _shift_report(logits, labels, reference=None) -> dict:
+    confidence, predicted = logits.softmax(1).max(1)
+    correct = predicted == labels
+    report = {"inputs": len(labels), "accuracy": correct.float().mean().item(),
+              "ece": calibration(confidence, correct)[0],
+              "mean_confidence": confidence.mean().item()}
+    if reference is not None:
+        report["agreement"] = (predicted == reference).float().mean().item()
+    return report
+
+
+def robustness_report(runner: ModelRunner, val: Split, cache_dir, variant_images=SUITE_VARIANT_IMAGES,
+                      corruption_images=SUITE_CORRUPTION_IMAGES) -> dict:
+    """The robustness suite on fixed class-balanced subsets of the validation split: agreement
+    with the original image and accuracy on client variants, accuracy on corruptions, and ECE."""
+    pick = robustness.suite_subset(val.labels, variant_images)
+    images, labels = val.images[pick], val.labels[pick]
+    variants = robustness.cached_client_variants(images, cache_dir)
+    original = runner.outputs(images)[0].argmax(1)
+    logits = runner.outputs(variants.flatten(0, 1))[0].view(len(variants), len(images), -1)
+    per_variant = {name: _shift_report(logits[i], labels, original)
+                   for i, name in enumerate(robustness.VARIANT_NAMES)}
+    everything = _shift_report(logits.flatten(0, 1), labels.repeat(len(variants)), original.repeat(len(variants)))
+    pick = robustness.suite_subset(val.labels, corruption_images, seed=1)
+    images, labels = val.images[pick], val.labels[pick]
+    corrupted = {(name, s): runner.outputs(robustness.corrupt(images, name, s))[0]
+                 for name in robustness.CORRUPTIONS for s in range(1, robustness.SEVERITIES + 1)}
+    all_corrupted = torch.cat(list(corrupted.values()))
+    return {
+        "precision": str(runner.amp_dtype or "torch.float32"), "tta": runner.tta,
+        "variants": dict(everything, images=len(original), per_variant=per_variant),
+        "corruptions": dict(_shift_report(all_corrupted, labels.repeat(len(corrupted))), images=len(labels),
+                            per_corruption={name: [(corrupted[name, s].argmax(1) == labels).float().mean().item()
+                                                   for s in range(1, robustness.SEVERITIES + 1)]
+                                            for name in robustness.CORRUPTIONS}),
+    }
+
+
+def far_out_sets(package_photos=None, count=FAR_OUT_IMAGES) -> dict:
+    """{set name: uint8 images} of things that are none of the ten classes."""
+    sets = {name: outliers.procedural_set(name, count) for name in outliers.PROCEDURAL_SETS}
+    if package_photos:
+        for group in ("photos", "digits"):
+            folder = Path(package_photos) / group
+            if folder.is_dir():
+                sets[f"package {group}"] = outliers.photo_crops(folder, 12 if group == "photos" else 0)
+    return sets
+
+
+def novelty_report(runner: ModelRunner, known: Split, unknown_sets: dict, threshold=None,
+                   method=None) -> dict:
+    """AUROC of every novelty method at telling each set of `unknown_sets` from the `known`
+    images; with a threshold, the share of each set refused by the card's method."""
+    known_scores = runner.novelty(known.images)
+    report = {"known_images": len(known), "sets": {}}
+    for name, images in unknown_sets.items():
+        scores = runner.novelty(images)
+        entry = {"images": len(images), "auroc": {m: auroc(known_scores[m], scores[m]) for m in scores}}
+        if threshold is not None:
+            entry["refused"] = (scores[method] > threshold).float().mean().item()
+        report["sets"][name] = entry
+    if threshold is not None:
+        report["known_recognised"] = (known_scores[method] <= threshold).float().mean().item()
+    return report
 
 
 def load_model_split(data_root, card, val_size=None):
@@ -93,7 +196,9 @@ def load_model_split(data_root, card, val_size=None):
     dataset = load_dataset(data_root, val_size=val_size or split_info.get("val_size", 5000),
                            split_seed=split_info.get("split_seed", 0))
     if dataset.classes != card["classes"]:
-        sys.exit(f"the dataset's classes {dataset.classes} differ from the model's {card['classes']}")
+        if not set(card["classes"]) < set(dataset.classes):
+            sys.exit(f"the dataset's classes {dataset.classes} differ from the model's {card['classes']}")
+        dataset = dataset.only_classes(card["classes"])  # an open-set model: the rest are unknowns
     return dataset
 
 
@@ -107,16 +212,37 @@ def main(argv=None):
     parser.add_argument("--val-size", type=int, default=None,
                         help="validation images held out (default: the card's, so the split matches training)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--robustness", action="store_true",
+                        help="add the robustness suite (client variants, corruptions) to the report")
+    parser.add_argument("--novelty", action="store_true",
+                        help="add the novelty methods' AUROC on far-out sets (and on the classes an "
+                             "open-set model left out) to the report")
+    parser.add_argument("--package-photos", default=None,
+                        help="folder made by scripts/export_package_photos.py, for the far-out sets")
+    parser.add_argument("--suite-precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="autocast for the suite and novelty passes (auto: bf16 where supported, "
+                             "6x fewer seconds; the clean report is always fp32 as served)")
     parser.add_argument("--out", default=None, help="also write the report to this file")
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
     model, card = load_model_dir(args.model, device)
     dataset = load_model_split(args.data, card, args.val_size)
-    tta = card.get("tta", 0) if args.tta is None else args.tta
-    norm = (card["normalization"]["mean"], card["normalization"]["std"])
-    report = evaluate_model(model, dataset.val, dataset.classes, dataset.val_name, device, tta, norm=norm,
-                            temperature=card.get("temperature", 1.0))
+    if args.tta is not None:
+        card = dict(card, tta=args.tta)
+    runner = ModelRunner(model, card, device, novelty_bank=load_novelty_bank(args.model, card))
+    report = report_from_logits(runner.outputs(dataset.val.images)[0], dataset.val.labels, dataset.classes,
+                                dataset.val_name, runner.tta)
+    runner.amp_dtype = pick_amp_dtype(args.suite_precision, device)
+    if args.robustness:
+        report["robustness"] = robustness_report(runner, dataset.val, Path(args.data) / ".cache")
+    if args.novelty:
+        spec = card.get("novelty", {})
+        unknowns = far_out_sets(args.package_photos)
+        if dataset.unknown_val is not None:
+            unknowns = {"held-out classes": dataset.unknown_val.images, **unknowns}
+        report["novelty"] = novelty_report(runner, dataset.val, unknowns, spec.get("threshold"),
+                                           spec.get("method"))
     text = json.dumps(report, indent=1)
     if args.out:
         with open(args.out, "w") as f:

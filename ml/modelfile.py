@@ -1,4 +1,5 @@
-"""Model folders: `model.safetensors` (weights) + `card.json` (everything needed to use them).
+"""Model folders: `model.safetensors` (weights) + `card.json` (everything needed to use them),
+and `novelty.safetensors` (training features for the "none of these" score) where the card says.
 
 Writes are atomic (temporary file or folder, then rename). Loading never unpickles: weights are
 safetensors, checked against the sha256 recorded in the card, so a truncated or tampered file is
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from ml.models import build_model
 
@@ -24,6 +25,7 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 CARD_FORMAT = 1
 GALLERY_DIR = "gallery"  # the dashboard's thumbnails
+NOVELTY_FILE = "novelty.safetensors"
 
 
 class ModelFileError(Exception):
@@ -138,3 +140,27 @@ def load_model_dir(path, device="cpu"):
     except (ValueError, RuntimeError, TypeError) as error:
         raise ModelFileError(f"{weights_path}: weights do not fit {arch} ({error})") from None
     return model.to(device).eval(), card
+
+
+def novelty_file(bank: torch.Tensor) -> tuple:
+    """(extra_files entry, sha256) for a training-feature bank, to write with `write_model_dir`
+    and record in the card's novelty section."""
+    data = save({"bank": bank.contiguous()})
+    return {NOVELTY_FILE: data}, hashlib.sha256(data).hexdigest()
+
+
+def load_novelty_bank(path, card):
+    """The card's training-feature bank (a tensor), None when its novelty method needs none;
+    checked against the sha256 the card records, as the weights are."""
+    spec = card.get("novelty") or {}
+    if "bank_sha256" not in spec:
+        return None
+    bank_path = Path(path) / NOVELTY_FILE
+    if not bank_path.is_file():
+        raise ModelFileError(f"{bank_path}: missing novelty file")
+    if sha256_file(bank_path) != spec["bank_sha256"]:
+        raise ModelFileError(f"{bank_path}: checksum does not match the model card")
+    try:
+        return load_file(str(bank_path))["bank"]
+    except (SafetensorError, OSError, KeyError) as error:
+        raise ModelFileError(f"{bank_path}: unreadable novelty file ({error})") from None

@@ -31,22 +31,33 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def tta_logits(model, x: torch.Tensor, level: int) -> torch.Tensor:
-    """Test-time augmentation. 0: none; 1: average with the mirror image; 2: also average
-    one-pixel translations up-left and down-right (airbench's flip-and-translate)."""
-    def flip_avg(batch):
-        if level == 0:
-            return model(batch)
-        return 0.5 * (model(batch) + model(batch.flip(3)))
+def tta_outputs(model, x: torch.Tensor, level: int):
+    """(logits with test-time augmentation, penultimate features of the plain view).
 
-    logits = flip_avg(x)
+    TTA levels: 0 none; 1 average with the mirror image; 2 also average one-pixel translations
+    up-left and down-right (airbench's flip-and-translate). The features (what the novelty score
+    reads) come from the un-augmented view, the pass every level makes anyway."""
+    features = model.penultimate(x)
+    plain = model.classify(features)
+    if level == 0:
+        return plain, features
+
+    def flip_avg(batch, logits=None):
+        return 0.5 * ((model(batch) if logits is None else logits) + model(batch.flip(3)))
+
+    logits = flip_avg(x, plain)
     if level >= 2:
         padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
         h, w = x.shape[2:]
         up_left = padded[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
         down_right = padded[:, :, 2:, 2:].contiguous(memory_format=torch.channels_last)
         logits = 0.5 * logits + 0.25 * (flip_avg(up_left) + flip_avg(down_right))
-    return logits
+    return logits, features
+
+
+def tta_logits(model, x: torch.Tensor, level: int) -> torch.Tensor:
+    """Logits with test-time augmentation `level` (see `tta_outputs`)."""
+    return tta_outputs(model, x, level)[0]
 
 
 @register("seednet")
@@ -69,8 +80,14 @@ class SeedNet(nn.Module):
             nn.Linear(32, num_classes),
         )
 
+    def penultimate(self, x):
+        return self.classifier[:-1](self.features(x))
+
+    def classify(self, features):
+        return self.classifier[-1](features)
+
     def forward(self, x):
-        return self.classifier(self.features(x))
+        return self.classify(self.penultimate(x))
 
 
 class ScaleFreeBatchNorm(nn.BatchNorm2d):
@@ -128,9 +145,14 @@ class AirNet(nn.Module):
         self.head = nn.Linear(c_in, num_classes, bias=False)
         self.output_scale = output_scale
 
+    def penultimate(self, x):
+        return self.pool(self.groups(self.activ(self.whiten(x)))).flatten(1)
+
+    def classify(self, features):
+        return self.head(features) * self.output_scale
+
     def forward(self, x):
-        x = self.groups(self.activ(self.whiten(x)))
-        return self.head(self.pool(x).flatten(1)) * self.output_scale
+        return self.classify(self.penultimate(x))
 
     @torch.no_grad()
     def init_whitening(self, images: torch.Tensor, eps: float = 5e-4):

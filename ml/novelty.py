@@ -3,7 +3,7 @@
 Every score is "higher = more novel", computed from what one forward pass already gives (the
 calibrated logits and the penultimate features):
 - `msp`: minus the top softmax probability (the baseline everyone starts from);
-- `energy`: minus T * logsumexp(logits / T) on the calibrated logits (Liu et al., 2020);
+- `energy`: minus logsumexp of the calibrated logits (Liu et al., 2020);
 - `knn`: distance from the L2-normalised features to their k-th nearest neighbour among a sample
   of normalised training features (Sun et al., 2022); the sample is stored with the model.
 The method is chosen by measurement (README, "None of these"); the threshold is the score that
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 METHODS = ("msp", "energy", "knn")
+DEFAULT_METHOD = "knn"     # README, "None of these": the best open-set and far-out AUROC measured
 DEFAULT_KEEP_SHARE = 0.95  # validation images that must stay recognised at the threshold
 KNN_K = 10                 # k for a bank of ~10,000 training features (Sun et al.: k=50 for 50,000)
 BANK_SIZE = 10_000         # training features stored with the model (float16, about 7.7 MB at 384-d)
@@ -35,12 +36,13 @@ def knn_distance(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chu
 
 
 def novelty_scores(method: str, logits: torch.Tensor, features: torch.Tensor = None,
-                   bank: torch.Tensor = None, temperature: float = 1.0) -> torch.Tensor:
-    """Novelty per row (higher = less like the training images). `logits` are raw (uncalibrated)."""
+                   bank: torch.Tensor = None) -> torch.Tensor:
+    """Novelty per row (higher = less like the training images); `logits` are the calibrated
+    ones (divided by the card's temperature)."""
     if method == "msp":
-        return -(logits.float() / temperature).softmax(1).amax(1)
+        return -logits.float().softmax(1).amax(1)
     if method == "energy":
-        return -temperature * torch.logsumexp(logits.float() / temperature, dim=1)
+        return -torch.logsumexp(logits.float(), dim=1)
     if method == "knn":
         return knn_distance(features, bank)
     raise ValueError(f"unknown novelty method {method!r}; choose from {METHODS}")

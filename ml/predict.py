@@ -3,7 +3,10 @@
     python -m ml.predict --model models/default photo.jpg other.png
 
 prints one JSON object per line per image, in order; an unreadable file gives a line with
-"error" and the command exits non-zero after the others.
+"error" and the command exits non-zero after the others. Every answer carries `novelty` (higher =
+less like the training images; ml/novelty.py) and `recognised` (novelty at most the card's
+threshold, or the one given): false means "none of the ten classes", the label is then only the
+closest guess.
 """
 
 import argparse
@@ -17,8 +20,9 @@ import torch
 from ml.data import normalize
 from ml.device import autocast
 from ml.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
-from ml.modelfile import load_model_dir
-from ml.models import tta_logits
+from ml.modelfile import load_model_dir, load_novelty_bank
+from ml.models import tta_outputs
+from ml.novelty import novelty_scores
 
 TOP_K = 5
 
@@ -26,7 +30,7 @@ TOP_K = 5
 class Predictor:
     """A loaded model folder. `predict` is thread-safe: the model is never mutated after load."""
 
-    def __init__(self, model_dir, device=None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, model_dir, device=None, max_pixels: int = DEFAULT_MAX_PIXELS, novelty_threshold=None):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -40,6 +44,12 @@ class Predictor:
         norm = self.card["normalization"]
         self.norm = (norm["mean"], norm["std"])
         self.max_pixels = max_pixels
+        # A card without a novelty section (models before it existed) recognises everything and
+        # reports the minus-top-probability score.
+        spec = self.card.get("novelty") or {}
+        self.novelty_method = spec.get("method", "msp")
+        self.novelty_bank = load_novelty_bank(model_dir, self.card)
+        self.novelty_threshold = novelty_threshold if novelty_threshold is not None else spec.get("threshold")
         self._lock = threading.Lock()  # serialises forward passes: one batch at a time per model
 
     @property
@@ -55,24 +65,29 @@ class Predictor:
         return decode_image(source, self.input_size, self.max_pixels)
 
     @torch.inference_mode()
-    def probabilities(self, arrays) -> torch.Tensor:
-        """Class probabilities (N, classes) for decoded input arrays, in one forward pass."""
+    def probabilities(self, arrays):
+        """(class probabilities (N, classes), novelty (N,)) for decoded input arrays, in one forward pass."""
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
         x = normalize(batch, *self.norm)
         with self._lock, autocast(self.device, self.amp_dtype):
-            logits = tta_logits(self.model, x, self.tta)
-        return (logits.float() / self.temperature).softmax(1).cpu()
+            logits, features = tta_outputs(self.model, x, self.tta)
+        logits = logits.float().cpu() / self.temperature
+        novelty = novelty_scores(self.novelty_method, logits, features.float().cpu(), self.novelty_bank)
+        return logits.softmax(1), novelty
 
-    def describe(self, probs: torch.Tensor) -> dict:
+    def describe(self, probs: torch.Tensor, novelty: float) -> dict:
         top = probs.topk(min(TOP_K, len(self.classes)))
         ranked = [{"label": self.classes[i], "probability": float(p)}
                   for p, i in zip(top.values.tolist(), top.indices.tolist())]
-        return {"label": ranked[0]["label"], "confidence": ranked[0]["probability"], "top": ranked}
+        recognised = self.novelty_threshold is None or novelty <= self.novelty_threshold
+        return {"label": ranked[0]["label"], "confidence": ranked[0]["probability"], "top": ranked,
+                "recognised": bool(recognised), "novelty": float(novelty)}
 
     def predict_arrays(self, arrays) -> list:
         if not arrays:
             return []
-        return [self.describe(p) for p in self.probabilities(arrays)]
+        probs, novelty = self.probabilities(arrays)
+        return [self.describe(p, n) for p, n in zip(probs, novelty.tolist())]
 
     def predict(self, sources) -> list:
         """Classify several photos (bytes or paths) in one batch. Raises ImageError on the first

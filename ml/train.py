@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from ml.augment import cached_client_bank, client_mix, cutout, photo_augment
-from ml.calibrate import calibrated_report
+from ml.calibrate import calibrated_report, fit_novelty_and_measure
 from ml.card import make_card, weights_digest
 from ml.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from ml.data import CIFAR_MEAN, CIFAR_STD, alternating_flip, augment, iterate_batches, load_dataset, normalize
@@ -51,7 +51,7 @@ def resolve_config(args) -> dict:
     """The run's full settings: the preset with the flags given, then seed, data and split."""
     config = preset_with_flags(args)
     config.update(seed=args.seed, limit=args.limit, val_size=args.val_size, split_seed=args.split_seed,
-                  data=str(args.data))
+                  data=str(args.data), classes=args.classes)
     return config
 
 
@@ -168,6 +168,8 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
         wait_for_all(world)
     dataset = load_dataset(config["data"], val_size=config["val_size"], split_seed=config["split_seed"],
                            limit=config["limit"])
+    if config["classes"]:
+        dataset = dataset.only_classes(config["classes"])  # the open-set protocol's known classes
     if world > 1 and config["batch_size"] % world:
         raise ValueError(f"batch size {config['batch_size']} is not divisible by {world} processes")
     client_bank = cached_client_bank(dataset.train.images, Path(config["data"]) / ".cache", config["seed"]) \
@@ -211,16 +213,17 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
         sync_buffers(model, world)
     train_seconds = state.elapsed_before + time.perf_counter() - state.start_time
     # Final report in full precision, as served; the temperature makes its probabilities honest.
-    temperature, report = calibrated_report(model, dataset, device, config["tta"], NORM)
+    temperature, report, val_logits, val_features = calibrated_report(model, dataset, device, config["tta"], NORM)
     emit({"type": "done", "rank": rank, "accuracy": report["accuracy"], "eval_split": dataset.val_name,
           "train_seconds": train_seconds, "weights_digest": weights_digest(model)})
     card = {}
     if rank == 0:
         card = make_card(model, config, dataset, report, state.history, train_seconds,
                          state.eval_seconds, time.perf_counter() - wall_start, device, amp_dtype, world)
-        card["temperature"] = temperature
-        write_model_dir(out_dir, model, card, gallery_files(dataset.val.images, report, dataset.train,
-                                                            dataset.classes))
+        card, novelty_files = fit_novelty_and_measure(model, dict(card, temperature=temperature), dataset,
+                                                      device, val_logits, val_features, config["data"])
+        write_model_dir(out_dir, model, card, {**gallery_files(dataset.val.images, report, dataset.train,
+                                                               dataset.classes), **novelty_files})
         if checkpoint_path and Path(checkpoint_path).is_file():
             os.remove(checkpoint_path)
     finish_distributed(world)
@@ -244,6 +247,8 @@ def build_parser():
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     p.add_argument("--seed", type=int, default=0, help="random seed for init, shuffling and augmentation")
     p.add_argument("--limit", type=int, default=None, help="train on at most N images (smoke runs)")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="train on these classes only (the open-set protocol; default: all)")
     p.add_argument("--val-size", type=int, default=5000, help="images held out for validation")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
