@@ -68,15 +68,18 @@ def fit_novelty(model, dataset, device, norm, val_logits, val_features, method=D
     return spec, bank
 
 
-def fit_novelty_and_measure(model, card, dataset, device, val_logits, val_features, data_root,
+def fit_novelty_and_measure(model, card, dataset, device, val_logits, val_features, data_root, suite=True,
                             method=DEFAULT_METHOD, keep_share=DEFAULT_KEEP_SHARE):
-    """(card, extra files): the card with its fitted novelty section, the robustness suite and the
-    far-out sets' figures (bf16 where the hardware has it); the files hold the feature bank."""
+    """(card, extra files): the card with its fitted novelty section and, with `suite`, the
+    robustness suite's and far-out sets' figures (bf16 where the hardware has it); the files hold
+    the feature bank."""
     norm = (card["normalization"]["mean"], card["normalization"]["std"])
     novelty, bank = fit_novelty(model, dataset, device, norm, val_logits, val_features, method, keep_share)
     files = {}
     if method == "knn":
         files, novelty["bank_sha256"] = novelty_file(bank)
+    if not suite:
+        return dict(card, novelty=novelty), files
     runner = ModelRunner(model, dict(card, novelty=novelty), device, pick_amp_dtype("auto", device),
                          bank if method == "knn" else None)
     photos = Path(data_root) / PACKAGE_PHOTOS
@@ -106,7 +109,7 @@ def main(argv=None):
     before = card["evaluation"]["ece"]
     card, novelty_files = fit_novelty_and_measure(model, dict(card, temperature=temperature, evaluation=report),
                                                   dataset, device, logits, features, args.data,
-                                                  args.novelty_method, args.keep_share)
+                                                  method=args.novelty_method, keep_share=args.keep_share)
     novelty = card["novelty"]
     write_model_dir(args.model, model, card, {**gallery_files(dataset.val.images, report, dataset.train,
                                                               dataset.classes), **novelty_files})

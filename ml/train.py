@@ -151,7 +151,7 @@ def validate(state: TrainState, dataset, device, amp_dtype, world) -> dict:
 
 
 def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="auto", emit=print,
-          stop: StopFlag = None, download=False):
+          stop: StopFlag = None, download=False, suite=True):
     """Train per `config` and write the model folder `out_dir`. Returns the card ({} on ranks
     other than 0), or None when stopped early (a resume checkpoint is then at `checkpoint_path`).
     `download` fetches CIFAR-10 into config["data"] first when that folder holds no dataset."""
@@ -221,7 +221,7 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
         card = make_card(model, config, dataset, report, state.history, train_seconds,
                          state.eval_seconds, time.perf_counter() - wall_start, device, amp_dtype, world)
         card, novelty_files = fit_novelty_and_measure(model, dict(card, temperature=temperature), dataset,
-                                                      device, val_logits, val_features, config["data"])
+                                                      device, val_logits, val_features, config["data"], suite)
         write_model_dir(out_dir, model, card, {**gallery_files(dataset.val.images, report, dataset.train,
                                                                dataset.classes), **novelty_files})
         if checkpoint_path and Path(checkpoint_path).is_file():
@@ -247,6 +247,8 @@ def build_parser():
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     p.add_argument("--seed", type=int, default=0, help="random seed for init, shuffling and augmentation")
     p.add_argument("--limit", type=int, default=None, help="train on at most N images (smoke runs)")
+    p.add_argument("--suite", action=argparse.BooleanOptionalAction, default=True,
+                   help="end by measuring the robustness suite and far-out sets into the card (minutes)")
     p.add_argument("--classes", nargs="+", default=None,
                    help="train on these classes only (the open-set protocol; default: all)")
     p.add_argument("--val-size", type=int, default=5000, help="images held out for validation")
@@ -274,7 +276,7 @@ def main(argv=None):
     stop = StopFlag()
     stop.install()
     try:
-        card = train(config, out, checkpoint, args.resume, args.device, emit, stop, args.download)
+        card = train(config, out, checkpoint, args.resume, args.device, emit, stop, args.download, args.suite)
     except DownloadError as error:
         sys.exit(str(error))
     if card is None:
