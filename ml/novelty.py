@@ -49,8 +49,10 @@ def novelty_scores(method: str, logits: torch.Tensor, features: torch.Tensor = N
 
 
 def fit_threshold(scores: torch.Tensor, keep_share: float = DEFAULT_KEEP_SHARE) -> float:
-    """The novelty under which `keep_share` of these (in-distribution) scores fall."""
-    return float(torch.quantile(scores.float(), keep_share))
+    """The novelty at or under which at least `keep_share` of these (in-distribution) scores fall:
+    the score at that quantile itself ("higher"), as the linear interpolation between two scores
+    could leave up to one image fewer than the share recognised (9 of 10 for 95%)."""
+    return float(torch.quantile(scores.float(), keep_share, interpolation="higher"))
 
 
 def auroc(known: torch.Tensor, unknown: torch.Tensor) -> float:
