@@ -13,6 +13,7 @@ Two kinds, both reproducible for a seed:
 import hashlib
 import io
 import math
+import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 
@@ -89,7 +90,7 @@ def cached_client_bank(images: torch.Tensor, cache_dir, seed: int = 0, workers: 
         return load_file(path)["bank"]
     bank = build_client_bank(images, seed, workers)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")  # DDP ranks build the same file at once
     save_file({"bank": bank}, str(tmp))
     tmp.replace(path)
     return bank

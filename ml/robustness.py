@@ -15,6 +15,7 @@ variants (Pillow work, about 10 ms an image at x32) are cached beside the datase
 import hashlib
 import io
 import math
+import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -104,7 +105,7 @@ def cached_client_variants(images: torch.Tensor, cache_dir, workers: int = 2) ->
         return load_file(path)["variants"]
     variants = build_client_variants(images, workers)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")  # DDP ranks build the same file at once
     save_file({"variants": variants}, str(tmp))
     tmp.replace(path)
     return variants
