@@ -66,3 +66,38 @@ def test_temperature_fixes_an_under_confident_model():
     assert 0.2 < temperature < 0.3  # ... so squashed 4x, the fitted T is about 1/4
     assert after["ece"] < before["ece"] / 3 and after["ece"] < 0.05
     assert after["accuracy"] == before["accuracy"]
+
+
+def test_evaluate_cli_adds_robustness_and_novelty_sections(tmp_path, tiny_dataset, monkeypatch, capsys):
+    """`python -m ml.evaluate --robustness --novelty` (in process, so the suite can be made small) on
+    an open-set model: the classes it left out are one of the unknown sets."""
+    import functools
+
+    import ml.evaluate
+    from ml.outliers import PROCEDURAL_SETS
+    from ml.robustness import CORRUPTIONS, VARIANT_NAMES
+    from ml.train import build_parser, resolve_config, train
+    known = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse"]
+    config = resolve_config(build_parser().parse_args([
+        "--data", str(tiny_dataset), "--val-size", "40", "--preset", "fast", "--widths", "8", "16", "16",
+        "--epochs", "1", "--batch-size", "40", "--precision", "fp32", "--classes", *known]))
+    card = train(config, tmp_path / "m", emit=lambda record: None, suite=False)
+    monkeypatch.setattr(ml.evaluate, "robustness_report", functools.partial(
+        ml.evaluate.robustness_report, variant_images=8, corruption_images=8))
+    monkeypatch.setattr(ml.evaluate, "far_out_sets", functools.partial(ml.evaluate.far_out_sets, count=5))
+    ml.evaluate.main(["--model", str(tmp_path / "m"), "--data", str(tiny_dataset), "--robustness", "--novelty",
+                      "--suite-precision", "fp32", "--out", str(tmp_path / "r.json")])
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((tmp_path / "r.json").read_text())
+    assert report["images"] == 32 and report["classes"] == known
+    assert report["accuracy"] == pytest.approx(card["evaluation"]["accuracy"])
+    robustness = report["robustness"]
+    assert list(robustness["variants"]["per_variant"]) == VARIANT_NAMES and robustness["variants"]["images"] == 8
+    assert set(robustness["corruptions"]["per_corruption"]) == set(CORRUPTIONS)
+    novelty = report["novelty"]
+    assert set(novelty["sets"]) == {"held-out classes", *PROCEDURAL_SETS}
+    assert novelty["known_images"] == 32 and novelty["sets"]["held-out classes"]["images"] == 8
+    for entry in novelty["sets"].values():
+        assert set(entry["auroc"]) == {"msp", "energy", "knn"} and 0 <= entry["refused"] <= 1
+    # fp32 as in training: the threshold fitted there keeps its share of the same validation images
+    assert novelty["known_recognised"] >= 0.95

@@ -154,3 +154,50 @@ def test_predict_cli_prints_one_line_per_image_and_fails_after_the_others(tmp_pa
     expected = Predictor(tiny_model_dir).predict([good])[0]
     assert lines[0]["label"] == expected["label"]
     assert lines[0]["confidence"] == pytest.approx(expected["confidence"], rel=1e-5)
+
+
+# ---- "none of these": recognised and novelty ----
+
+def test_answers_carry_novelty_and_recognised_and_an_override_flips_it(tiny_model_dir):
+    photo = [CASES["png"]()]
+    answer = Predictor(tiny_model_dir).predict(photo)[0]
+    # a card without a novelty section: the minus-top-probability score, and no threshold
+    assert answer["recognised"] is True and answer["novelty"] == pytest.approx(-answer["confidence"], rel=1e-6)
+    below = Predictor(tiny_model_dir, novelty_threshold=answer["novelty"] - 1e-4).predict(photo)[0]
+    above = Predictor(tiny_model_dir, novelty_threshold=answer["novelty"] + 1e-4).predict(photo)[0]
+    assert below["recognised"] is False and above["recognised"] is True
+    assert below["novelty"] == above["novelty"] == answer["novelty"]
+    assert below["top"] == answer["top"]  # the closest guesses stay the same
+    json.dumps(below)
+
+
+def test_a_knn_card_recognises_what_its_bank_holds_and_the_override_wins(tmp_path):
+    import torch
+
+    from conftest import make_model_dir
+    from ml.data import normalize
+    from ml.modelfile import CARD_FILE, novelty_file
+    from ml.models import tta_outputs
+    from ml.novelty import KNN_K, normalise
+
+    folder = make_model_dir(tmp_path / "knn")
+    model_only = Predictor(folder)
+    near, far = CASES["png"](), encode(Image.fromarray(
+        np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "PNG")
+    x = normalize(torch.from_numpy(model_only.decode(near).copy()).permute(2, 0, 1).unsqueeze(0))
+    with torch.no_grad():
+        features = tta_outputs(model_only.model, x, 0)[1]
+    # the bank: KNN_K copies of the first photo's features among random directions
+    bank = torch.cat([normalise(features).repeat(KNN_K, 1), normalise(torch.randn(30, features.shape[1]))]).half()
+    files, digest = novelty_file(bank)
+    (folder / "novelty.safetensors").write_bytes(files["novelty.safetensors"])
+    card = json.loads((folder / CARD_FILE).read_text())
+    card["novelty"] = {"method": "knn", "threshold": 0.05, "bank_sha256": digest}
+    (folder / CARD_FILE).write_text(json.dumps(card))
+
+    near_answer, far_answer = Predictor(folder).predict([near, far])
+    assert near_answer["novelty"] < 0.05 < far_answer["novelty"]
+    assert near_answer["recognised"] is True and far_answer["recognised"] is False
+    strict = Predictor(folder, novelty_threshold=0.0).predict([near])[0]
+    lenient = Predictor(folder, novelty_threshold=10.0).predict([far])[0]
+    assert strict["recognised"] is (near_answer["novelty"] <= 0.0) and lenient["recognised"] is True

@@ -210,3 +210,72 @@ def test_calibrate_cli_refits_on_the_training_runs_own_validation_split(tmp_path
     assert rewritten["evaluation"]["images"] == 60
     assert rewritten["temperature"] == pytest.approx(card["temperature"], rel=1e-4)
     assert rewritten["evaluation"]["accuracy"] == pytest.approx(card["evaluation"]["accuracy"])
+
+
+def small_suite(monkeypatch):
+    """The end-of-training suite on a few images (its defaults are sized for 5,000)."""
+    import functools
+
+    import ml.calibrate
+    monkeypatch.setattr(ml.calibrate, "robustness_report", functools.partial(
+        ml.calibrate.robustness_report, variant_images=10, corruption_images=10))
+    monkeypatch.setattr(ml.calibrate, "far_out_sets", functools.partial(ml.calibrate.far_out_sets, count=6))
+
+
+def test_training_ends_with_novelty_and_robustness_in_the_card_and_a_bank_that_loads(
+        tmp_path, tiny_dataset, monkeypatch):
+    import torch
+
+    from ml.data import load_dataset
+    from ml.modelfile import NOVELTY_FILE, load_novelty_bank
+    from ml.outliers import PROCEDURAL_SETS
+    from ml.predict import Predictor
+    from ml.robustness import CORRUPTIONS, SEVERITIES, VARIANT_NAMES
+    small_suite(monkeypatch)
+    shares = ["--serving-aug", "0.5", "--crop-aug", "0.5", "--colour-aug", "0.5", "--blur-aug", "0.5",
+              "--cutout-aug", "0.5"]
+    card, records = run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
+                              "--epochs", "2", "--batch-size", "40", "--precision", "fp32", *shares)
+    names = ("serving", "crop", "colour", "blur", "cutout")
+    assert all(card["hyperparameters"][f"{name}_aug"] == 0.5 for name in names)
+    assert all(r["train_loss"] == r["train_loss"] for r in records if r["type"] == "epoch")  # not NaN
+    _, loaded = load_model_dir(tmp_path / "model")
+    novelty = loaded["novelty"]
+    assert novelty["method"] == "knn" and novelty["keep_share"] == 0.95 and novelty["bank_images"] == 200
+    assert isinstance(novelty["threshold"], float) and novelty["threshold"] > 0
+    bank = load_novelty_bank(tmp_path / "model", loaded)  # checked against the card's sha256
+    assert (tmp_path / "model" / NOVELTY_FILE).is_file()
+    assert bank.shape == (200, 16) and bank.dtype == torch.float16
+    assert torch.allclose(bank.float().norm(dim=1), torch.ones(200), atol=1e-2)
+    far_out = novelty["far_out"]
+    assert set(far_out["sets"]) == set(PROCEDURAL_SETS) and far_out["known_images"] == 40
+    for entry in far_out["sets"].values():
+        assert entry["images"] == 6 and set(entry["auroc"]) == {"msp", "energy", "knn"}
+        assert all(0 <= value <= 1 for value in entry["auroc"].values()) and 0 <= entry["refused"] <= 1
+    robustness = loaded["robustness"]
+    variants, corruptions = robustness["variants"], robustness["corruptions"]
+    assert list(variants["per_variant"]) == VARIANT_NAMES and variants["images"] == 10
+    assert variants["inputs"] == 10 * len(VARIANT_NAMES) and 0 <= variants["agreement"] <= 1
+    assert all({"accuracy", "agreement", "ece"} <= set(v) for v in variants["per_variant"].values())
+    assert corruptions["images"] == 10 and corruptions["inputs"] == 10 * len(CORRUPTIONS) * SEVERITIES
+    assert set(corruptions["per_corruption"]) == set(CORRUPTIONS)
+    assert all(len(accuracies) == SEVERITIES for accuracies in corruptions["per_corruption"].values())
+    # served, the card's threshold keeps the stated share of the validation images it was fitted on
+    val = load_dataset(tiny_dataset, val_size=40).val
+    answers = Predictor(tmp_path / "model", device="cpu").predict_arrays(list(val.images.permute(0, 2, 3, 1).numpy()))
+    recognised = sum(a["recognised"] for a in answers)
+    assert recognised >= 0.95 * len(answers)
+    assert far_out["known_recognised"] >= 0.9  # the suite's pass (bf16 where the CPU has it) agrees
+
+
+def test_an_open_set_run_without_the_suite_trains_on_its_classes_only(tmp_path, tiny_dataset):
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse"]
+    card = train(config_for(tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16", "--epochs", "1",
+                            "--batch-size", "40", "--precision", "fp32", "--classes", *classes),
+                 tmp_path / "open", emit=lambda record: None, suite=False)
+    assert card["classes"] == classes and card["hyperparameters"]["classes"] == classes
+    assert card["data"]["train_images"] == 160 and card["evaluation"]["images"] == 32
+    assert len(card["evaluation"]["confusion_matrix"]) == 8
+    assert "robustness" not in card and card["novelty"]["bank_images"] == 160
+    model, _ = load_model_dir(tmp_path / "open")
+    assert model.head.out_features == 8

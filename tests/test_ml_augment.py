@@ -1,0 +1,203 @@
+"""ml.augment: the serving-path round-trip bank and the batched photo augmentations."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ml.augment
+from ml.augment import (BANK_COPIES, blur_and_noise, build_client_bank, cached_client_bank, client_mix,
+                        client_round_trip, colour_jitter, cutout, photo_augment, random_resized_crop)
+from ml.data import Split
+from ml.images import decode_image
+
+STEPS = {"crop": random_resized_crop, "colour": colour_jitter, "blur": blur_and_noise, "cutout": cutout}
+
+
+def textured(n=64, seed=0) -> torch.Tensor:
+    """float (n, 3, 32, 32) in 0..1 with structure at several scales (so every step changes it)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.nn.functional.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=32, mode="bilinear")
+    return (0.7 * coarse + 0.3 * torch.rand(n, 3, 32, 32, generator=g)).clamp(0, 1)
+
+
+def uint8_images(n=6, seed=0) -> torch.Tensor:
+    return (textured(n, seed) * 255).round().to(torch.uint8)
+
+
+def changed(a, b) -> torch.Tensor:
+    return (a != b).flatten(1).any(1)
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_each_step_keeps_shape_dtype_and_range_and_is_reproducible(name):
+    x = textured()
+    first = STEPS[name](x, 0.5, torch.Generator().manual_seed(1))
+    again = STEPS[name](x, 0.5, torch.Generator().manual_seed(1))
+    other = STEPS[name](x, 0.5, torch.Generator().manual_seed(2))
+    assert first.shape == x.shape and first.dtype == x.dtype
+    assert first.min() >= 0 and first.max() <= 1
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_each_step_changes_about_the_requested_share(name):
+    x = textured(400)
+    for share in (0.0, 0.3, 1.0):
+        out = STEPS[name](x, share, torch.Generator().manual_seed(3))
+        fraction = changed(out, x).float().mean().item()
+        if share == 0:
+            assert torch.equal(out, x)  # nothing chosen: bit for bit the input
+        else:
+            assert abs(fraction - share) < 0.08, (share, fraction)
+
+
+def test_untouched_images_of_a_partly_augmented_batch_are_bit_for_bit_the_input():
+    x = textured(200)
+    for step in STEPS.values():
+        out = step(x, 0.5, torch.Generator().manual_seed(4))
+        kept = ~changed(out, x)
+        assert 0 < kept.sum() < len(x)
+        assert torch.equal(out[kept], x[kept])
+
+
+def test_crop_of_a_chosen_image_is_a_zoom_not_a_shift_of_colours():
+    # channel 0 a left-to-right ramp, channel 1 a top-to-bottom one: a crop keeps both increasing,
+    # and each image shows a narrower span of at least one of them (a part of the picture, enlarged)
+    ramp = torch.linspace(0, 1, 32)
+    x = torch.stack([ramp.view(1, 32).expand(32, 32), ramp.view(32, 1).expand(32, 32), torch.zeros(32, 32)])
+    x = x.expand(16, 3, 32, 32).contiguous()
+    out = random_resized_crop(x, 1.0, torch.Generator().manual_seed(0))
+    assert (out[:, 0].diff(dim=2) >= -1e-6).all() and (out[:, 1].diff(dim=1) >= -1e-6).all()
+    span_x = out[:, 0, :, -1] - out[:, 0, :, 0]
+    span_y = out[:, 1, -1, :] - out[:, 1, 0, :]
+    assert ((span_x.amax(1) < 0.99) | (span_y.amax(1) < 0.99)).all()
+
+
+def test_colour_jitter_turns_about_the_grey_share_grey():
+    x = textured(1000)
+    out = colour_jitter(x, 1.0, torch.Generator().manual_seed(5))
+    grey = (out.amax(1) - out.amin(1)).flatten(1).amax(1) < 1e-6
+    assert abs(grey.float().mean().item() - ml.augment.GREY_SHARE) < 0.05
+
+
+def test_cutout_blanks_one_square_of_at_most_the_stated_size():
+    x = torch.randn(50, 3, 32, 32)
+    out = cutout(x, 1.0, torch.Generator().manual_seed(6))
+    for image_in, image_out in zip(x, out):
+        hole = (image_out == 0).all(0) & (image_in != 0).any(0)
+        rows, cols = hole.nonzero(as_tuple=True)
+        assert 0 < len(rows) <= ml.augment.CUTOUT_SIZE ** 2
+        assert rows.max() - rows.min() < ml.augment.CUTOUT_SIZE and cols.max() - cols.min() < ml.augment.CUTOUT_SIZE
+        assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # a full rectangle
+
+
+def shares(**given):
+    return {"crop_aug": 0.0, "colour_aug": 0.0, "blur_aug": 0.0, **given}
+
+
+def test_photo_augment_without_shares_returns_the_batch_and_draws_no_random_numbers():
+    images = uint8_images(8)
+    generator = torch.Generator().manual_seed(7)
+    state = generator.get_state()
+    out = photo_augment(images, shares(), generator)
+    assert out is images  # the uint8 batch itself: training without photo augmentation is unchanged
+    assert torch.equal(generator.get_state(), state)  # translations later draw the same numbers
+
+
+def test_photo_augment_keeps_shape_and_0_255_range_and_is_reproducible():
+    images = uint8_images(32)
+    config = shares(crop_aug=0.5, colour_aug=0.5, blur_aug=0.5)
+    first = photo_augment(images, config, torch.Generator().manual_seed(8))
+    again = photo_augment(images, config, torch.Generator().manual_seed(8))
+    assert first.shape == images.shape and first.dtype == torch.float32
+    assert first.min() >= 0 and first.max() <= 255
+    assert torch.equal(first, again)
+    assert not torch.equal(first, images.float())
+
+
+# ---- the serving path ----
+
+def test_a_round_trip_is_decoded_by_ml_images_from_encoded_bytes(monkeypatch):
+    calls = []
+
+    def counting_decode(source, *args, **kwargs):
+        calls.append(Image.open(io.BytesIO(source)))  # bytes of an encoded photo, as an upload is
+        return decode_image(source, *args, **kwargs)
+
+    monkeypatch.setattr(ml.augment, "decode_image", counting_decode)
+    arrays = uint8_images(3).permute(0, 2, 3, 1).numpy()
+    bank = ml.augment._round_trips((arrays, 0))
+    assert bank.shape == (BANK_COPIES, 3, 32, 32, 3) and bank.dtype == np.uint8
+    assert len(calls) == BANK_COPIES * 3
+    assert {image.format for image in calls} <= {"PNG", "JPEG", "WEBP"}
+    assert all(min(image.size) >= 96 for image in calls)  # upscaled x3 or more before encoding
+
+
+def test_a_png_nearest_integer_upscale_round_trip_returns_the_original_pixels(monkeypatch):
+    import random
+    monkeypatch.setattr(ml.augment, "FORMATS", ["PNG"])
+    monkeypatch.setattr(ml.augment, "FILTERS", [Image.NEAREST])
+    monkeypatch.setattr(ml.augment, "UPSCALE_RANGE", (8, 8))
+    monkeypatch.setattr(ml.augment, "LETTERBOX_SHARE", 0.0)
+    original = uint8_images(1)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(client_round_trip(original, random.Random(0)), original)
+
+
+def test_lossy_round_trips_stay_close_to_the_original():
+    import random
+    rng = random.Random(1)
+    original = uint8_images(1)[0].permute(1, 2, 0).numpy()
+    trips = [client_round_trip(original, rng) for _ in range(12)]
+    differences = [np.abs(t.astype(int) - original.astype(int)).mean() for t in trips]
+    assert max(differences) < 25  # the same picture, not another one or a rotated one
+    assert any(d > 0 for d in differences)  # and not all lossless
+
+
+def test_bank_is_reproducible_per_seed_and_independent_of_the_worker_count():
+    images = uint8_images(6)
+    one = build_client_bank(images, seed=1, workers=1, chunk=2)
+    two = build_client_bank(images, seed=1, workers=2, chunk=2)
+    other = build_client_bank(images, seed=2, workers=1, chunk=2)
+    assert one.shape == (BANK_COPIES, 6, 3, 32, 32) and one.dtype == torch.uint8
+    assert torch.equal(one, two)
+    assert not torch.equal(one, other)
+    # every copy is a round trip of its own image: closer to it than to any other image
+    distance = (one.float().unsqueeze(2) - images.float().unsqueeze(0)).abs().mean((3, 4, 5))
+    assert (distance.argmin(2) == torch.arange(6)).all()
+
+
+def test_cached_bank_is_built_once(tmp_path, monkeypatch):
+    images = uint8_images(4)
+    first = cached_client_bank(images, tmp_path / "cache", seed=0, workers=1)
+    assert len(list((tmp_path / "cache").glob("client-bank-*.safetensors"))) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rebuilt a cached bank")
+
+    monkeypatch.setattr(ml.augment, "build_client_bank", refuse)
+    assert torch.equal(cached_client_bank(images, tmp_path / "cache", seed=0, workers=1), first)
+    with pytest.raises(AssertionError):  # another seed is another bank
+        cached_client_bank(images, tmp_path / "cache", seed=1, workers=1)
+
+
+def test_client_mix_swaps_about_the_share_for_round_trips_of_the_same_image():
+    n = 500
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    bank = torch.stack([images ^ 1, images ^ 2])  # stand-in round trips, each told apart by its bits
+    split = Split(images, torch.arange(n) % 10)
+    assert torch.equal(client_mix(split, bank, 0.0, seed=0, epoch=0).images, images)
+    mixed = client_mix(split, bank, 0.3, seed=0, epoch=0)
+    assert torch.equal(mixed.labels, split.labels)
+    swapped = changed(mixed.images, images)
+    assert abs(swapped.float().mean().item() - 0.3) < 0.06
+    from_bank = ((mixed.images == bank[0]) | (mixed.images == bank[1])).flatten(1).all(1)
+    assert torch.equal(from_bank, swapped)
+    both = (mixed.images[swapped] == bank[0][swapped]).flatten(1).all(1)
+    assert 0 < both.sum() < swapped.sum()  # both copies are used
+    assert torch.equal(client_mix(split, bank, 0.3, seed=0, epoch=0).images, mixed.images)
+    assert not torch.equal(client_mix(split, bank, 0.3, seed=0, epoch=1).images, mixed.images)
+    assert changed(client_mix(split, bank, 1.0, seed=0, epoch=0).images, images).all()
