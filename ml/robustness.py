@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ml.images import decode_image
 
-SUITE_FORMAT = 2  # bump when a variant or corruption changes, so cached suites are rebuilt
+SUITE_FORMAT = 3  # bump when a variant or corruption changes, so cached suites are rebuilt
 EXIF_ORIENTATION = 0x0112
 ROTATE_90_CW_TO_VIEW = 6  # EXIF: the stored pixels must be turned 90 degrees clockwise to view
 # (name, upscale factor, resampling filter, format, quality, extra step)
@@ -150,7 +150,8 @@ def _value_scaled(x, new_value):
 
 def _brightness(x, c):
     value = x.amax(1, keepdim=True)
-    return _value_scaled(x, (value + c).clamp(0, 1))
+    brighter = _value_scaled(x, (value + c).clamp(0, 1))
+    return torch.where(value > 0, brighter, torch.full_like(x, min(c, 1.0)))  # HSV: black turns grey
 
 
 def _saturate(x, c):
@@ -163,7 +164,7 @@ def _saturate(x, c):
 
 
 def _contrast(x, c):
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    mean = x.mean(dim=(2, 3), keepdim=True)  # per channel, as CIFAR-10-C
     return (x - mean) * c + mean
 
 
