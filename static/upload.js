@@ -22,6 +22,10 @@
     return (p * 100).toFixed(1) + "%";
   }
 
+  function wholePercent(p) {
+    return (p * 100).toFixed(0) + "%";
+  }
+
   function element(tag, className, text) {
     const node = document.createElement(tag);
     if (className) node.className = className;
@@ -71,11 +75,23 @@
     return list;
   }
 
-  function showPrediction(card, prediction, model) {
-    const verdict = card.querySelector(".verdict");
+  // The same sentences as templates/_prediction.html. `recognised: false` means the photo is none of
+  // the classes: the label is only the closest guess, so it is said as such, the top-5 still shown.
+  function writeVerdict(verdict, prediction) {
+    if (prediction.recognised === false) {
+      verdict.classList.add("unrecognised");
+      verdict.textContent = "This doesn't look like any of the ten things I know. Closest: ";
+      verdict.append(element("strong", null, prediction.label), ", " + wholePercent(prediction.confidence));
+      return;
+    }
     verdict.textContent = "Looks like ";
     verdict.append(element("strong", null, prediction.label), " ",
                    element("span", "muted", "(" + percent(prediction.confidence) + " sure)"));
+  }
+
+  function showPrediction(card, prediction, model) {
+    writeVerdict(card.querySelector(".verdict"), prediction);
+    if (prediction.recognised === false) card.classList.add("unrecognised");
     card.querySelector(".card-body").append(
       scoreList(prediction), element("p", "answered-by", "Answered by " + model.name + " version " + model.version));
     card.classList.remove("pending");
@@ -114,12 +130,17 @@
   function summary(outcomes) {
     const done = outcomes.filter(Boolean);
     if (outcomes.length === 1) {
-      return done.length ? done[0].filename + ": " + done[0].label + ", " + percent(done[0].confidence)
-                         : "The photo could not be classified.";
+      if (!done.length) return "The photo could not be classified.";
+      const answer = done[0];
+      return answer.recognised === false
+        ? answer.filename + ": none of the ten classes (closest: " + answer.label + ", " + wholePercent(answer.confidence) + ")"
+        : answer.filename + ": " + answer.label + ", " + percent(answer.confidence);
     }
     const refused = outcomes.length - done.length;
     const tail = refused ? ", " + refused + " refused." : ".";
-    return done.length + " of " + outcomes.length + " photos classified" + tail;
+    const unknown = done.filter((answer) => answer.recognised === false).length;
+    const none = unknown ? " " + unknown + (unknown === 1 ? " looks" : " look") + " like none of the ten classes." : "";
+    return done.length + " of " + outcomes.length + " photos classified" + tail + none;
   }
 
   async function handleFiles(fileList) {

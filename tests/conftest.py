@@ -32,8 +32,14 @@ def screenshot_path(name: str) -> str:
     return str(folder / name)
 
 
-def make_model_dir(path, arch="airnet", seed=0, version="test-1"):
-    """An untrained but complete model folder (weights + card), built in a second."""
+# A card "novelty" section (ml/novelty.py) for fixture models: an untrained net's top probability
+# is far below 1, so with the msp score (minus it) a threshold of -1 recognises no photo at all.
+REFUSE_EVERYTHING = {"method": "msp", "threshold": -1.0, "keep_share": 0.95, "fitted_on": "no images (a fixture)"}
+
+
+def make_model_dir(path, arch="airnet", seed=0, version="test-1", novelty=None):
+    """An untrained but complete model folder (weights + card), built in a second; `novelty`, when
+    given, is the card's "none of these" section."""
     from ml import CIFAR10_CLASSES
     from ml.data import CIFAR_MEAN, CIFAR_STD
     from ml.modelfile import write_model_dir
@@ -45,6 +51,8 @@ def make_model_dir(path, arch="airnet", seed=0, version="test-1"):
     card = {"name": f"test-{arch}", "version": version, "arch": {"name": arch, "kwargs": kwargs},
             "classes": list(CIFAR10_CLASSES), "input_size": 32, "tta": 0,
             "normalization": {"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}}
+    if novelty is not None:
+        card["novelty"] = novelty
     write_model_dir(path, model, card)
     return Path(path)
 
@@ -52,6 +60,12 @@ def make_model_dir(path, arch="airnet", seed=0, version="test-1"):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def refusing_model_dir(tmp_path_factory):
+    """A tiny model whose card threshold says "none of these" to every photo."""
+    return make_model_dir(tmp_path_factory.mktemp("models") / "refusing", novelty=REFUSE_EVERYTHING)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from conftest import DATA_DIR, PROJECT_ROOT, screenshot_path
-from web_samples import encode, noise_image
+from web_samples import encode, noise_image, solid_png
 
 pytestmark = pytest.mark.slow
 CLASSES = ("cat", "ship", "horse", "truck")
@@ -59,13 +59,17 @@ def watched(browser):
 
 
 def api_top(base, path):
+    return api_prediction(base, path)["top"]
+
+
+def api_prediction(base, path):
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{path.name}\"\r\n"
             f"Content-Type: image/jpeg\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(base + "/api/v1/predict", data=body, method="POST",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["predictions"][0]["top"]
+        return json.loads(response.read())["predictions"][0]
 
 
 def card_scores(card):
@@ -98,6 +102,30 @@ def test_upload_through_the_file_picker(watched, live_server, photos, shipped_ve
     page.screenshot(path=screenshot_path("upload.png"), full_page=True)
     assert watched.errors == []
     watched.assert_stayed_local(live_server)
+
+
+def test_a_photo_of_none_of_the_classes_is_called_that_with_its_closest_guesses(watched, live_server, tmp_path):
+    """A flat grey picture is none of the ten classes: the card says so in words, names the closest
+    class with its whole percentage, and still shows the top-5 bars."""
+    grey = tmp_path / "grey.png"
+    grey.write_bytes(solid_png())
+    page = watched.page
+    page.goto(live_server + "/")
+    assert "or that the photo is none of them" in page.locator(".about").inner_text()
+    page.set_input_files("#image-input", [str(grey)])
+    card = wait_for_cards(page, 1).first
+    answer = api_prediction(live_server, grey)
+    assert answer["recognised"] is False
+    top, closest = answer["top"], answer["top"][0]
+    assert card.locator(".verdict").inner_text() == (
+        f"This doesn't look like any of the ten things I know. Closest: {closest['label']}, "
+        f"{closest['probability'] * 100:.0f}%")
+    assert "unrecognised" in card.get_attribute("class")
+    assert card_scores(card) == [(t["label"], f"{t['probability'] * 100:.1f}%") for t in top]
+    assert card.locator("meter.score-bar").count() == 5
+    assert "none of the ten classes" in page.locator("#upload-status").inner_text()
+    page.screenshot(path=screenshot_path("upload-none-of-these.png"), full_page=True)
+    assert watched.errors == []
 
 
 def test_classify_button_after_choosing_files(watched, live_server, photos):

@@ -215,6 +215,91 @@ def test_page_is_fit_for_a_strict_csp_and_accessible(page):
     assert 'href="/static/dashboard.css"' in page
 
 
+# -- robustness and "none of these" ------------------------------------------------------------------
+
+def robustness_part():
+    """A card's robustness suite (ml.evaluate) with known numbers."""
+    variant = {"inputs": 500, "accuracy": 0.9, "ece": 0.021, "mean_confidence": 0.91, "agreement": 0.97}
+    return {"precision": "torch.float32", "tta": 2,
+            "variants": {"inputs": 1000, "images": 500, "accuracy": 0.8964, "ece": 0.0187, "mean_confidence": 0.9,
+                         "agreement": 0.9712,
+                         "per_variant": {"png x3 bilinear": variant,
+                                         "cmyk jpeg q90 x8": dict(variant, agreement=0.955, accuracy=0.881)}},
+            "corruptions": {"inputs": 2000, "images": 200, "accuracy": 0.7345, "ece": 0.0291, "mean_confidence": 0.75,
+                            "per_corruption": {"gaussian noise": [0.8, 0.7, 0.6, 0.5, 0.4],
+                                               "fog": [0.9, 0.88, 0.85, 0.8, 0.72]}}}
+
+
+def novelty_part():
+    """A card's "none of these" section (ml/novelty.py) with known numbers."""
+    def detection(sets):
+        return {"known_images": 5000, "known_recognised": 0.9512,
+                "sets": {name: {"images": 300, "auroc": {"msp": msp, "energy": 0.61, "knn": knn}, "refused": refused}
+                         for name, msp, knn, refused in sets}}
+    return {"method": "knn", "threshold": 0.8773, "keep_share": 0.95, "fitted_on": "5000 validation images",
+            "k": 10, "bank_images": 10000, "bank_sha256": "0" * 64,
+            "far_out": detection([("noise", 0.51, 0.992, 0.97), ("solid colours", 0.62, 0.962, 0.9)]),
+            "open_set": detection([("cat, dog held out", 0.7, 0.861, 0.41)])}
+
+
+@pytest.fixture(scope="module")
+def shift_page(tmp_path_factory):
+    """The dashboard of a card that has the robustness suite and the novelty section. (Its bank
+    file is not there: the dashboard reads only the card, and the served model is another.)"""
+    folder = tmp_path_factory.mktemp("shift")
+    model_dir = make_full_model_dir(folder / "model", robustness=robustness_part(), novelty=novelty_part())
+    response = make_client(folder, model_dir).get("/dashboard")
+    assert response.status_code == 200
+    return response.get_data(as_text=True)
+
+
+def test_robustness_figures_beside_clean_accuracy(shift_page):
+    summary = section(shift_page, "summary")
+    assert "87.7%" in summary
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", summary))
+    assert "On photos sent the way clients send them: 97.1% agree with the original, 89.6% accurate, ECE 1.9%." in text
+    assert "Under common corruptions (2 kinds, 5 severities): mean accuracy 73.5%, ECE 2.9%." in text
+
+
+def test_robustness_tables_per_variant_and_per_corruption(shift_page):
+    robustness = section(shift_page, "robustness")
+    assert '<th scope="row">cmyk jpeg q90 x8</th><td class="num">500</td><td class="num">95.5%</td>' \
+           '<td class="num">88.1%</td><td class="num">91.0%</td><td class="num">2.1%</td>' in robustness
+    assert '<th scope="row">fog</th><td class="num">90.0%</td><td class="num">88.0%</td><td class="num">85.0%</td>' \
+           '<td class="num">80.0%</td><td class="num">72.0%</td><td class="num">83.0%</td>' in robustness
+    assert robustness.count('<th scope="col" class="num">Severity') == 5
+    assert "<strong>87.7%</strong>" in robustness  # clean accuracy for comparison
+
+
+def test_none_of_these_section(shift_page):
+    novelty = section(shift_page, "none-of-these")
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", novelty))
+    for words in ("knn", "k = 10", "10,000 training images", "0.877", "95.0% of validation images stay recognised",
+                  "95.1% of 5,000 images"):
+        assert words in text, words
+    # the method used first, then the others measured; the share refused at the threshold
+    assert '<th scope="col" class="num">AUROC knn (used)</th><th scope="col" class="num">AUROC energy</th>' \
+           '<th scope="col" class="num">AUROC msp</th>' in novelty
+    assert '<th scope="row">noise</th><td class="num">300</td><td class="num">0.992</td><td class="num">0.610</td>' \
+           '<td class="num">0.510</td><td class="num">97.0%</td>' in novelty
+    assert "averages 0.977 over 2 sets, lowest 0.962" in text  # far-out
+    assert '<th scope="row">cat, dog held out</th>' in novelty and "it is 0.861" in text  # open set
+    assert 'href="#robustness"' in shift_page and 'href="#none-of-these"' in shift_page
+
+
+def test_a_card_without_the_new_sections_does_not_show_them(page):
+    assert 'id="robustness"' not in page and 'id="none-of-these"' not in page
+    assert 'href="#robustness"' not in page and "sent the way clients send them" not in page
+
+
+def test_a_malformed_robustness_or_novelty_part_is_left_out(tmp_path):
+    model_dir = make_full_model_dir(tmp_path / "odd", robustness={"variants": {"per_variant": [1, 2]}},
+                                    novelty={"threshold": 0.5})
+    html = make_client(tmp_path, model_dir).get("/dashboard").get_data(as_text=True)
+    assert "87.7%" in section(html, "summary")
+    assert 'id="robustness"' not in html and 'id="none-of-these"' not in html
+
+
 def test_card_without_optional_parts_renders(tmp_path, tiny_model_dir):
     response = make_client(tmp_path, tiny_model_dir).get("/dashboard")
     assert response.status_code == 200

@@ -44,8 +44,8 @@ def test_metrics_is_prometheus_text_with_every_family(client):
     assert response.status_code == 200 and "version=0.0.4" in response.headers["Content-Type"]
     names = {family.name for family in text_string_to_metric_families(response.get_data(as_text=True))}
     assert {"webapp_http_requests", "webapp_http_request_duration_seconds", "webapp_predictions",
-            "webapp_batch_images", "webapp_model_served_workers", "webapp_model_active",
-            "webapp_training_jobs"} <= names
+            "webapp_predictions_recognised", "webapp_batch_images", "webapp_model_served_workers",
+            "webapp_model_active", "webapp_training_jobs"} <= names
 
 
 def test_requests_latency_and_predictions_are_counted(client):
@@ -64,6 +64,26 @@ def test_requests_latency_and_predictions_are_counted(client):
     assert grew("webapp_predictions_total", label=label) == 1
     assert total(after, "webapp_predictions_total") - total(before, "webapp_predictions_total") == 1
     assert grew("webapp_batch_images_count") == 1 and grew("webapp_batch_images_sum") == 1
+
+
+def test_answers_are_counted_by_recognised(tmp_path, refusing_model_dir, client):
+    """`client` serves a card without a threshold (recognises everything), the other app one whose
+    threshold refuses everything; one process, so both count into the same counter."""
+    from webapp import create_app
+    refusing = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "refusing"),
+                           "MODEL_DIR": str(refusing_model_dir)}).test_client()
+    before = scrape(client)
+    photos = {"image": [(io.BytesIO(image_bytes("PNG", color=colour)), f"{i}.png")
+                        for i, colour in enumerate(((0, 0, 0), (128, 128, 128), (250, 250, 250)))]}
+    assert refusing.post("/api/v1/predict", data=photos).status_code == 200
+    assert client.post("/api/v1/predict", data={"image": (io.BytesIO(image_bytes("JPEG")), "a.jpg")}).status_code == 200
+    after = scrape(client)
+
+    def grew(answer):
+        name = "webapp_predictions_recognised_total"
+        return value(after, name, recognised=answer) - value(before, name, recognised=answer)
+    assert (grew("false"), grew("true")) == (3, 1)
+    assert ("webapp_predictions_recognised_total", frozenset({("recognised", "false")})) in before  # from the start
 
 
 def test_unknown_paths_share_one_label(client):

@@ -1,5 +1,6 @@
 """JSON API through the Flask test client: shapes, every refusal, agreement with `python -m ml.predict`,
-the OpenAPI document, readiness, security headers and cookie flags."""
+"none of these" (`recognised`, the card's threshold and the NOVELTY_THRESHOLD setting), the OpenAPI
+document, readiness, security headers and cookie flags."""
 
 import io
 import json
@@ -9,9 +10,10 @@ import pytest
 from openapi_core.exceptions import OpenAPIError
 
 from conftest import image_bytes
+from ml import CIFAR10_CLASSES
 from openapi_support import SPEC, conforms
 from web_samples import (bad_files, encode, exif_rotated_jpeg, good_files, halves, noise_image, run_ml_predict,
-                         upright_of_exif_rotated)
+                         solid_png, upright_of_exif_rotated, validation_photos)
 
 GOOD, BAD = good_files(), bad_files()
 SECURITY_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy")
@@ -39,6 +41,7 @@ def assert_prediction(prediction, classes):
     assert [t["label"] for t in prediction["top"]] != [] and {t["label"] for t in prediction["top"]} <= set(classes)
     probabilities = [t["probability"] for t in prediction["top"]]
     assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+    assert isinstance(prediction["recognised"], bool) and isinstance(prediction["novelty"], float)
 
 
 @pytest.fixture
@@ -65,6 +68,7 @@ def assert_same_prediction(api, cli):
     assert api["label"] == cli["label"]
     assert [t["label"] for t in api["top"]] == [t["label"] for t in cli["top"]]
     assert np.allclose([t["probability"] for t in api["top"]], [t["probability"] for t in cli["top"]], atol=1e-5)
+    assert api["recognised"] == cli["recognised"] and api["novelty"] == pytest.approx(cli["novelty"], abs=1e-5)
 
 
 # --- predictions -----------------------------------------------------------------------------
@@ -157,6 +161,79 @@ def test_shipped_model_agrees_with_ml_predict_on_a_real_photo(real_data_dir, shi
     for api_prediction, cli_prediction in zip(response.get_json()["predictions"],
                                               run_ml_predict(shipped_model_dir, photos), strict=True):
         assert_same_prediction(api_prediction, cli_prediction)
+
+
+# --- "none of these" -------------------------------------------------------------------------
+
+def make_client(tmp_path, model_dir, **settings):
+    from webapp import create_app
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance"), "MODEL_DIR": str(model_dir),
+                      **settings})
+    return app.test_client()
+
+
+def recognised(client, files) -> list:
+    response = conforms(post_images(client, files))
+    assert response.status_code == 200
+    return [p["recognised"] for p in response.get_json()["predictions"]]
+
+
+def test_a_card_without_a_novelty_section_recognises_everything(client, predictor):
+    files = [("grey.png", solid_png()), GOOD["jpeg"], ("noise.png", encode(noise_image((256, 256)), "PNG"))]
+    predictions = conforms(post_images(client, files)).get_json()["predictions"]
+    for prediction in predictions:
+        assert prediction["recognised"] is True
+        assert prediction["novelty"] == pytest.approx(-prediction["confidence"], abs=1e-6)  # msp: minus top probability
+
+
+def test_the_cards_threshold_says_none_of_these(tmp_path, refusing_model_dir):
+    client = make_client(tmp_path, refusing_model_dir)
+    files = [("grey.png", solid_png()), ("noise.png", encode(noise_image((256, 256)), "PNG")), GOOD["jpeg"]]
+    assert recognised(client, files) == [False, False, False]
+    answer = post_images(client, files[:1]).get_json()["predictions"][0]
+    assert answer["label"] == answer["top"][0]["label"] and len(answer["top"]) == 5  # the closest guesses stay
+
+
+def test_torchserve_route_keeps_its_shape_for_a_photo_of_none_of_these(tmp_path, refusing_model_dir):
+    client = make_client(tmp_path, refusing_model_dir)
+    response = conforms(client.post("/predictions/test-airnet", data=solid_png(), content_type="image/png"))
+    scores = response.get_json()
+    assert len(scores) == 5 and set(scores) <= set(CIFAR10_CLASSES)
+    assert all(isinstance(p, float) for p in scores.values())
+
+
+@pytest.mark.parametrize("setting,card_refuses,expected", [
+    (None, False, True), (None, True, False),   # the card decides
+    (-1.0, False, False), (0.0, True, True),    # the setting overrides it either way
+])
+def test_novelty_threshold_setting_overrides_the_card(tmp_path, tiny_model_dir, refusing_model_dir,
+                                                      setting, card_refuses, expected):
+    client = make_client(tmp_path, refusing_model_dir if card_refuses else tiny_model_dir,
+                         NOVELTY_THRESHOLD=setting)
+    assert recognised(client, [("grey.png", solid_png())]) == [expected]
+
+
+def test_novelty_threshold_from_the_environment_is_a_float(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("NOVELTY_THRESHOLD", "-1")
+    client = make_client(tmp_path, tiny_model_dir)
+    assert client.application.config["NOVELTY_THRESHOLD"] == -1.0
+    assert recognised(client, [GOOD["jpeg"]]) == [False]
+
+
+@pytest.mark.slow
+def test_shipped_model_knows_a_flat_colour_and_noise_are_none_of_these(real_data_dir, shipped_model_dir, tmp_path):
+    """The shipped card's fitted threshold: flat colours and noise are refused, while validation
+    photos (2 per class, which the model never trained on) stay recognised, as about keep_share of
+    them should."""
+    card = json.loads((shipped_model_dir / "card.json").read_text())
+    client = make_client(tmp_path, shipped_model_dir)
+    far_out = [("grey.png", solid_png()), ("red.png", solid_png((220, 30, 30))),
+               ("noise.png", encode(noise_image((256, 256)), "PNG")),
+               ("noise.jpg", encode(noise_image(seed=5), "JPEG"))]
+    assert recognised(client, far_out) == [False] * len(far_out)
+    photos = validation_photos(real_data_dir, card)
+    answers = recognised(client, [(p.name, p.read_bytes()) for p in photos])
+    assert sum(answers) >= 0.85 * len(photos), answers  # keep_share 0.95: 1 in 20 may be refused
 
 
 # --- refusals --------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from conftest import image_bytes
 from web_samples import bad_files, encode, good_files, noise_image, run_ml_predict
 
 GOOD, BAD = good_files(), bad_files()
-CARD = re.compile(r'<article class="card">(.*?)</article>', re.S)
+CARD = re.compile(r'<article class="card(?: unrecognised)?">(.*?)</article>', re.S)
+NONE_OF_THESE = "This doesn't look like any of the ten things I know."
 
 
 def csrf_token(client) -> str:
@@ -63,6 +64,29 @@ def test_page_names_the_model_and_what_it_knows(client):
     assert "CIFAR-10" in page and "32×32" in page
 
 
+def test_front_page_says_what_it_does_with_a_photo_of_none_of_the_classes(client, tmp_path, refusing_model_dir):
+    from webapp import create_app
+    older = client.get("/").get_data(as_text=True)  # a card without a threshold: the model cannot tell
+    assert "This version was not fitted to tell when a photo is none of them" in older
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "i"), "MODEL_DIR": str(refusing_model_dir)})
+    page = app.test_client().get("/").get_data(as_text=True)
+    assert "or that the photo is none of them" in page
+    for text in (older, page):
+        assert "always answers" not in text and "even for a photo of something else" not in text
+
+
+def test_result_page_says_none_of_these_and_keeps_the_top_five(tmp_path, refusing_model_dir):
+    from webapp import create_app
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "i"), "MODEL_DIR": str(refusing_model_dir)})
+    client = app.test_client()
+    page = post_form(client, [("grey.png", image_bytes("PNG", color=(128, 128, 128)))]).get_data(as_text=True)
+    card = re.search(r'<article class="card unrecognised">(.*?)</article>', page, re.S).group(1)
+    label, percent = re.search(re.escape(NONE_OF_THESE) + r" Closest: <strong>(\w+)</strong>, (\d+)%", card).groups()
+    closest = scores(card)[0]  # the first bar, to one decimal
+    assert label == closest[0] and abs(int(percent) - float(closest[1].rstrip("%"))) <= 0.51
+    assert len(scores(card)) == 5 and "Looks like" not in card
+
+
 def test_page_follows_its_content_security_policy(client):
     """No inline script, style attribute or event handler, and every asset from this server."""
     page = client.get("/").get_data(as_text=True)
@@ -80,7 +104,7 @@ def test_form_post_renders_results_in_upload_order(client):
     cards = CARD.findall(page)
     assert [re.search(r'<h3 class="card-title">(.*?)</h3>', c).group(1) for c in cards] == ["photo.jpg", "palette.png"]
     for card in cards:
-        assert len(scores(card)) == 5
+        assert len(scores(card)) == 5 and "Looks like <strong>" in card and NONE_OF_THESE not in card
         assert "Answered by test-airnet version test-1" in card
         assert re.search(r'<meter class="score-bar" min="0" max="1" value="[0-9.e-]+" aria-hidden="true">', card)
 

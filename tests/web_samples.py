@@ -11,7 +11,10 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from ml.data import stratified_split
 
 JPEG_EXIF_ORIENTATION = 0x0112
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +102,27 @@ SVG_WITH_SCRIPT = (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg
                    b'<script>alert(document.cookie)</script><rect width="100" height="100"/></svg>')
 HEIC_HEADER = (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
                + b"\x00\x00\x00\x08free" + bytes(200))
+
+
+def solid_png(colour=(128, 128, 128), size=(256, 256)) -> bytes:
+    """One flat colour: a photo of none of the ten classes."""
+    return encode(Image.new("RGB", size, colour), "PNG")
+
+
+def validation_photos(data_dir, card, per_class=2) -> list:
+    """The first `per_class` photos of each class in the model's validation split (data/train held
+    out by the card's val_size and split_seed, as ml.data splits an image folder)."""
+    files = [sorted((Path(data_dir) / "train" / name).glob("*.jpg")) for name in card["classes"]]
+    labels = torch.cat([torch.full((len(f),), c) for c, f in enumerate(files)])
+    _, held_out = stratified_split(labels, card["data"]["val_size"], card["data"]["split_seed"])
+    every_file = [path for class_files in files for path in class_files]
+    chosen, taken = [], {}
+    for index in held_out.tolist():
+        c = int(labels[index])
+        if taken.get(c, 0) < per_class:
+            taken[c] = taken.get(c, 0) + 1
+            chosen.append(every_file[index])
+    return chosen
 
 
 def good_files() -> dict:

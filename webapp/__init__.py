@@ -25,6 +25,7 @@ SETTINGS = (
     ("MAX_UPLOAD_MB", 10, float),          # request body limit
     ("MAX_FILES", 16, int),                # images per request
     ("MAX_PIXELS", 40_000_000, int),       # per image, checked from the header before decoding
+    ("NOVELTY_THRESHOLD", None, float),    # "none of these" above this novelty; unset: the model card's
     ("TORCH_THREADS", 1, int),             # per gunicorn worker
     ("SESSION_COOKIE_SECURE", False, flag),  # set true behind HTTPS
     ("ADMIN_PASSWORD", None, str),         # unset: generated at first start, printed once, only its hash kept

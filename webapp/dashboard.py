@@ -8,7 +8,7 @@ here. Parts a card lacks (or holds in a shape we cannot read) are shown as "not 
 import logging
 from pathlib import Path
 
-from flask import Blueprint, abort, render_template, request, send_file
+from flask import Blueprint, abort, current_app, render_template, request, send_file
 
 from ml.modelfile import ModelFileError, read_card
 from webapp import versions
@@ -67,4 +67,5 @@ def index():
     except ModelFileError as error:
         log.warning("dashboard: %s", error)
         view = None
-    return render_template("dashboard.html", models=models, model=model, view=view)
+    return render_template("dashboard.html", models=models, model=model, view=view,
+                           novelty_override=current_app.config.get("NOVELTY_THRESHOLD"))

@@ -11,7 +11,7 @@ from pathlib import Path
 from flask import url_for
 
 from webapp import charts
-from webapp.formatting import duration, num
+from webapp.formatting import duration, finite, num
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,11 @@ ModelVersion = namedtuple("ModelVersion", "id label path active")
 GALLERY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TTA_LEVELS = {0: "none", 1: "mirror image averaged in", 2: "mirror image and one-pixel shifts averaged in"}
+NOVELTY_METHODS = {  # ml/novelty.py's scores, in words
+    "msp": "maximum softmax probability (minus the top class's calibrated probability)",
+    "energy": "energy score (minus the log-sum-exp of the calibrated logits)",
+    "knn": "feature distance to the k-th nearest training image (normalised penultimate features)",
+}
 # A card part in a shape the page cannot read is reported as missing, not as a server error.
 MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError)
 
@@ -38,7 +43,8 @@ def gallery_file(model_path, name: str):
 
 def dashboard_view(card: dict, model: ModelVersion) -> dict:
     """Everything the page shows, one entry per section; None for a part the card lacks."""
-    builders = {"identity": identity, "summary": summary, "per_class": per_class, "confusion": confusion,
+    builders = {"identity": identity, "summary": summary, "robustness": robustness, "novelty": novelty,
+                "per_class": per_class, "confusion": confusion,
                 "history": history, "calibration": calibration, "misclassified": misclassified,
                 "dataset": dataset, "samples": samples, "facts": facts, "hyperparameters": hyperparameters}
     return {name: _section(name, builder, card, model) for name, builder in builders.items()}
@@ -64,6 +70,69 @@ def summary(card, model):
     return {"accuracy": float(report["accuracy"]), "loss": report.get("loss"), "ece": report.get("ece"),
             "split": str(report.get("split") or "validation"), "images": report.get("images"),
             "tta": tta, "tta_text": TTA_LEVELS.get(tta, "")}
+
+
+def robustness(card, model):
+    """The robustness suite (ml.evaluate): client-sent variants and common corruptions. None for a
+    card from before the suite existed."""
+    report = card.get("robustness")
+    if not report:
+        return None
+    variants, corruptions = report.get("variants"), report.get("corruptions")
+    return {"clean_accuracy": (card.get("evaluation") or {}).get("accuracy"), "tta": report.get("tta"),
+            "precision": report.get("precision"),
+            "variants": _variants(variants) if variants else None,
+            "corruptions": _corruptions(corruptions) if corruptions else None}
+
+
+def _suite_totals(part: dict) -> dict:
+    return {key: part.get(key) for key in ("inputs", "images", "accuracy", "ece", "mean_confidence", "agreement")}
+
+
+def _variants(variants: dict) -> dict:
+    rows = [{"name": str(name), **_suite_totals(figures)}
+            for name, figures in (variants.get("per_variant") or {}).items()]
+    return {**_suite_totals(variants), "rows": rows}
+
+
+def _corruptions(corruptions: dict) -> dict:
+    per_corruption = corruptions.get("per_corruption") or {}
+    rows = [{"name": str(name), "by_severity": list(accuracies), "mean": _mean(accuracies)}
+            for name, accuracies in per_corruption.items()]
+    severities = max((len(row["by_severity"]) for row in rows), default=0)
+    return {**_suite_totals(corruptions), "rows": rows, "severities": list(range(1, severities + 1))}
+
+
+def _mean(values):
+    values = [float(v) for v in values if finite(v) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def novelty(card, model):
+    """The "none of these" score (ml/novelty.py): its method, fitted threshold and how well it
+    tells far-out and held-out-class images from validation images. None for an older card."""
+    spec = card.get("novelty")
+    if not spec:
+        return None
+    method = str(spec["method"])
+    far_out, open_set = spec.get("far_out"), spec.get("open_set")
+    return {"method": method, "method_text": NOVELTY_METHODS.get(method, ""), "threshold": spec.get("threshold"),
+            "keep_share": spec.get("keep_share"), "fitted_on": spec.get("fitted_on"), "k": spec.get("k"),
+            "bank_images": spec.get("bank_images"),
+            "far_out": _detection(far_out, method) if far_out else None,
+            "open_set": _detection(open_set, method) if open_set else None}
+
+
+def _detection(report: dict, method: str) -> dict:
+    """Per set of unknown images: AUROC of every method measured (the chosen one first) and the
+    share refused at the threshold; with the share of known (validation) images recognised."""
+    sets = report.get("sets") or {}
+    methods = [method] + sorted({m for figures in sets.values() for m in figures.get("auroc") or {}} - {method})
+    rows = [{"name": str(name), "images": figures.get("images"), "refused": figures.get("refused"),
+             "auroc": [(figures.get("auroc") or {}).get(m) for m in methods]} for name, figures in sets.items()]
+    return {"known_images": report.get("known_images"), "known_recognised": report.get("known_recognised"),
+            "methods": methods, "rows": rows, "mean_auroc": _mean([row["auroc"][0] for row in rows]),
+            "min_auroc": min((a for a in (row["auroc"][0] for row in rows) if finite(a) is not None), default=None)}
 
 
 def per_class(card, model):

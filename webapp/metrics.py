@@ -7,8 +7,9 @@ answers it, merges all of them; `child_exit` marks a dead worker's live gauges g
 variable (the Flask test client, `flask run`) the metrics are this process's own.
 
 Counted in the workers: requests by endpoint, method and status; request latency; predictions by
-class; images per forward pass; workers serving each model version. Read from the shared state at
-scrape time: the active model version (the store's pointer) and training jobs by state.
+class; answers by recognised true/false ("none of these"); images per forward pass; workers serving
+each model version. Read from the shared state at scrape time: the active model version (the
+store's pointer) and training jobs by state.
 """
 
 import os
@@ -30,6 +31,10 @@ REQUESTS = Counter("webapp_http_requests_total", "HTTP requests answered, by end
 LATENCY = Histogram("webapp_http_request_duration_seconds", "Time from request start to response, by endpoint",
                     ["endpoint"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 PREDICTIONS = Counter("webapp_predictions_total", "Photos classified, by predicted class", ["label"])
+RECOGNISED = Counter("webapp_predictions_recognised_total", "Photos classified, by whether the model recognised "
+                     "them as one of its classes (false: \"none of these\")", ["recognised"])
+RECOGNISED.labels("true")  # both series exist from the first scrape, so a rate of refusals needs no absent()
+RECOGNISED.labels("false")
 BATCH_IMAGES = Histogram("webapp_batch_images", "Images per forward pass (micro-batching groups requests)",
                          buckets=(1, 2, 4, 8, 16, 32, 64))
 SERVED = Gauge("webapp_model_served_workers", "Worker processes serving each model version (id in the "
@@ -51,6 +56,7 @@ def model_served(version_id: str, predictor) -> None:
 def count_predictions(results) -> None:
     for result in results:
         PREDICTIONS.labels(result["label"]).inc()
+        RECOGNISED.labels("true" if result.get("recognised", True) else "false").inc()
 
 
 def _start_timer():

@@ -26,9 +26,10 @@ CHECK_INTERVAL_S = 1.0
 class ServedModel:
     """Per process and per (store, shipped model): the Predictor being served and its version."""
 
-    def __init__(self, model_store, max_pixels):
+    def __init__(self, model_store, max_pixels, novelty_threshold=None):
         self.store = model_store
         self.max_pixels = max_pixels
+        self.novelty_threshold = novelty_threshold  # None: each version's card says where "none of these" starts
         self.predictor = None
         self.version_id = None
         self.pointer_seen = None   # (inode, mtime_ns) of the pointer last acted on
@@ -72,7 +73,8 @@ class ServedModel:
                 self._load(SHIPPED)
 
     def _load(self, version_id):
-        predictor = Predictor(self.store.path(version_id), max_pixels=self.max_pixels)
+        predictor = Predictor(self.store.path(version_id), max_pixels=self.max_pixels,
+                              novelty_threshold=self.novelty_threshold)
         self.predictor, self.version_id = predictor, version_id  # one reference swap
         metrics.model_served(version_id, predictor)
 
@@ -81,13 +83,21 @@ _lock = threading.Lock()
 _served = {}
 
 
+def _novelty_threshold():
+    configured = current_app.config.get("NOVELTY_THRESHOLD")
+    return None if configured is None else float(configured)
+
+
 def _served_model() -> ServedModel:
     model_store = store()
-    key = (str(model_store.root), str(Path(model_store.shipped_dir).resolve()))
+    threshold = _novelty_threshold()
+    # the threshold is part of the key: two apps of one process with different settings must not
+    # share a Predictor
+    key = (str(model_store.root), str(Path(model_store.shipped_dir).resolve()), threshold)
     with _lock:
         if key not in _served:
             torch.set_num_threads(int(current_app.config["TORCH_THREADS"]))
-            _served[key] = ServedModel(model_store, current_app.config["MAX_PIXELS"])
+            _served[key] = ServedModel(model_store, current_app.config["MAX_PIXELS"], threshold)
         return _served[key]
 
 

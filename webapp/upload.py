@@ -25,7 +25,9 @@ def index():
     predictor = current_predictor()
     evaluation = predictor.card.get("evaluation") or {}
     config = current_app.config
+    # a card without a novelty threshold (older versions) recognises everything: say so honestly
     return render_template("index.html", model=model_identity(predictor), classes=predictor.classes,
+                           knows_none_of_these=predictor.novelty_threshold is not None,
                            accuracy=evaluation.get("accuracy"), eval_images=evaluation.get("images"),
                            max_files=config["MAX_FILES"], max_upload_mb=config["MAX_UPLOAD_MB"],
                            max_bytes=config["MAX_CONTENT_LENGTH"])
