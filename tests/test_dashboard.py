@@ -287,6 +287,15 @@ def test_none_of_these_section(shift_page):
     assert 'href="#robustness"' in shift_page and 'href="#none-of-these"' in shift_page
 
 
+def test_a_threshold_setting_is_shown_beside_the_cards(tmp_path):
+    from webapp import create_app
+    model_dir = make_full_model_dir(tmp_path / "model", novelty=novelty_part())
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance"), "MODEL_DIR": str(model_dir),
+                      "NOVELTY_THRESHOLD": 0.9})
+    novelty = section(app.test_client().get("/dashboard").get_data(as_text=True), "none-of-these")
+    assert re.search(r"0\.877 in the card; this server uses\s+0\.900 \(the <code>NOVELTY_THRESHOLD</code>", novelty)
+
+
 def test_a_card_without_the_new_sections_does_not_show_them(page):
     assert 'id="robustness"' not in page and 'id="none-of-these"' not in page
     assert 'href="#robustness"' not in page and "sent the way clients send them" not in page
