@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ml.data import Split
+from ml.data import Split, augment, normalize
 from ml.images import decode_image
 
 BANK_FORMAT = 1          # bump when the round trip changes, so cached banks are rebuilt
@@ -196,3 +196,61 @@ def photo_augment(images: torch.Tensor, config: dict, generator: torch.Generator
     for share, step in steps:
         x = step(x, share, generator)
     return x * 255
+
+
+# ---- synthetic outliers for outlier exposure, made from the batch's own images ----
+
+OUTLIER_PATCH = 8        # patch-shuffled outliers: the image cut into 8x8 tiles, tiles permuted
+OUTLIER_CROP = (2, 6)    # magnified outliers: a 2-6 px square blown up to the full 32 px
+
+
+def _patch_shuffled(x, generator):
+    n, c, h, w = x.shape
+    p = OUTLIER_PATCH
+    tiles = x.unfold(2, p, p).unfold(3, p, p).reshape(n, c, -1, p, p)
+    order = torch.rand(n, tiles.shape[2], generator=generator, device=x.device).argsort(1)
+    tiles = tiles[torch.arange(n, device=x.device).view(n, 1), :, order].permute(0, 2, 1, 3, 4)
+    grid = tiles.reshape(n, c, h // p, w // p, p, p).permute(0, 1, 2, 4, 3, 5)
+    return grid.reshape(n, c, h, w)
+
+
+def _pixel_shuffled(x, generator):
+    n, c, h, w = x.shape
+    order = torch.rand(n, h * w, generator=generator, device=x.device).argsort(1)
+    flat = x.reshape(n, c, h * w)
+    return flat.gather(2, order.view(n, 1, -1).expand(n, c, -1)).view(n, c, h, w)
+
+
+def _magnified(x, generator):
+    n = len(x)
+    side = torch.randint(OUTLIER_CROP[0], OUTLIER_CROP[1] + 1, (n,), generator=generator, device=x.device)
+    scale = side.float() / x.shape[-1]
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, :, 2] = (1 - scale).view(n, 1) * _uniform(2 * n, -1, 1, generator).view(n, 2)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def synthetic_outliers(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """uint8 (N, 3, 32, 32) training images -> float 0..255 images that are none of the classes:
+    a third patch-shuffled (object parts in the wrong places), a third pixel-shuffled (the
+    colours of a photo, no shapes), a third a magnified few-pixel crop (flat colour and blur).
+    Made from training images only, so the far-out sets (ml/outliers.py) stay unseen."""
+    x = images.float()
+    kind = torch.randint(0, 3, (len(x),), generator=generator, device=x.device).view(-1, 1, 1, 1)
+    out = torch.where(kind == 0, _patch_shuffled(x, generator), _pixel_shuffled(x, generator))
+    return torch.where(kind == 2, _magnified(x, generator), out)
+
+
+def training_inputs(images: torch.Tensor, config: dict, generator: torch.Generator) -> torch.Tensor:
+    """The normalised batch the network trains on: the config's photo augmentations, translation
+    and cutout, then outlier_share x batch synthetic outliers appended (translated too)."""
+    x = augment(normalize(photo_augment(images, config, generator)), generator, config["translate"])
+    if config["cutout_aug"]:
+        x = cutout(x, config["cutout_aug"], generator)
+    count = int(len(images) * config["outlier_share"])
+    if count:
+        outliers = augment(normalize(synthetic_outliers(images[:count], generator)), generator, config["translate"])
+        x = torch.cat([x, outliers])
+    return x

@@ -17,10 +17,12 @@ import torch.nn.functional as F
 
 from pathlib import Path
 
+from ml import robustness
 from ml.data import Split
 from ml.device import pick_amp_dtype, pick_device
-from ml.evaluate import (ModelRunner, far_out_sets, load_model_split, novelty_report, predict_outputs,
-                         report_from_logits, robustness_report)
+from ml.evaluate import (SUITE_CORRUPTION_IMAGES, SUITE_VARIANT_IMAGES, ModelRunner, far_out_sets,
+                         load_model_split, novelty_report, predict_outputs, report_from_logits,
+                         robustness_report)
 from ml.modelfile import gallery_files, load_model_dir, novelty_file, write_model_dir
 from ml.novelty import (BANK_SIZE, DEFAULT_KEEP_SHARE, DEFAULT_METHOD, KNN_K, METHODS, fit_threshold,
                         novelty_scores, training_bank)
@@ -43,11 +45,29 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(log_t.detach().exp())
 
 
-def calibrated_report(model, dataset, device, tta, norm):
+def shifted_logits(model, val: Split, device, tta, norm):
+    """(logits, labels) of the calibration mix (ml/robustness.py): validation images outside the
+    suite's subsets, as client round trips and under corruptions; bf16 where supported."""
+    exclude = torch.cat([robustness.suite_subset(val.labels, SUITE_VARIANT_IMAGES),
+                         robustness.suite_subset(val.labels, SUITE_CORRUPTION_IMAGES, seed=1)])
+    images, labels = robustness.calibration_mix(val, exclude)
+    if not len(images):
+        return torch.zeros(0, len(val.labels.unique())), labels
+    logits = predict_outputs(model, Split(images, labels), device, tta=tta, norm=norm,
+                             amp_dtype=pick_amp_dtype("auto", device))[0]
+    return logits, labels
+
+
+def calibrated_report(model, dataset, device, tta, norm, shifted=True):
     """(temperature, report, calibrated logits, features) on the dataset's validation split, in
-    full precision as served: the temperature is fitted on these logits and the report uses it."""
+    full precision as served. The temperature is fitted on these logits and, with `shifted`, on
+    the calibration mix too, so confidence stays honest on photos as they arrive (README)."""
     logits, features = predict_outputs(model, dataset.val, device, tta=tta, norm=norm)
-    temperature = fit_temperature(logits, dataset.val.labels)
+    fit_logits, fit_labels = logits, dataset.val.labels
+    if shifted:
+        mix_logits, mix_labels = shifted_logits(model, dataset.val, device, tta, norm)
+        fit_logits, fit_labels = torch.cat([logits, mix_logits]), torch.cat([fit_labels, mix_labels])
+    temperature = fit_temperature(fit_logits, fit_labels)
     report = report_from_logits(logits / temperature, dataset.val.labels, dataset.classes, dataset.val_name, tta)
     return temperature, report, logits / temperature, features
 
@@ -80,8 +100,7 @@ def fit_novelty_and_measure(model, card, dataset, device, val_logits, val_featur
         files, novelty["bank_sha256"] = novelty_file(bank)
     if not suite:
         return dict(card, novelty=novelty), files
-    runner = ModelRunner(model, dict(card, novelty=novelty), device, pick_amp_dtype("auto", device),
-                         bank if method == "knn" else None)
+    runner = ModelRunner(model, dict(card, novelty=novelty), device, pick_amp_dtype("auto", device), bank)
     photos = Path(data_root) / PACKAGE_PHOTOS
     novelty["far_out"] = novelty_report(runner, dataset.val, far_out_sets(photos if photos.is_dir() else None),
                                         novelty["threshold"], method)
@@ -95,6 +114,9 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="model folder to calibrate (rewritten atomically)")
     parser.add_argument("--data", default="data", help="the dataset the model was trained on")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--fit-on", default="shifted", choices=["clean", "shifted"],
+                        help="fit the temperature on the validation split alone, or with the "
+                             "calibration mix of client round trips and corruptions (default)")
     parser.add_argument("--novelty-method", default=DEFAULT_METHOD, choices=METHODS,
                         help="the 'none of these' score (README: chosen by measurement)")
     parser.add_argument("--keep-share", type=float, default=DEFAULT_KEEP_SHARE,
@@ -105,7 +127,8 @@ def main(argv=None):
     model, card = load_model_dir(args.model, device)
     dataset = load_model_split(args.data, card)
     norm = (card["normalization"]["mean"], card["normalization"]["std"])
-    temperature, report, logits, features = calibrated_report(model, dataset, device, card["tta"], norm)
+    temperature, report, logits, features = calibrated_report(model, dataset, device, card["tta"], norm,
+                                                              args.fit_on == "shifted")
     before = card["evaluation"]["ece"]
     card, novelty_files = fit_novelty_and_measure(model, dict(card, temperature=temperature, evaluation=report),
                                                   dataset, device, logits, features, args.data,

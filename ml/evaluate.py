@@ -116,6 +116,14 @@ class ModelRunner:
                                            amp_dtype=self.amp_dtype, norm=self.norm)
         return logits / self.temperature, features
 
+    def recognised_share(self, logits, features):
+        """The share the card's novelty threshold recognises (None for a card without one)."""
+        spec = self.card.get("novelty")
+        if not spec:
+            return None
+        scores = novelty_scores(spec["method"], logits, features, self.novelty_bank)
+        return (scores <= spec["threshold"]).float().mean().item()
+
     def novelty(self, images: torch.Tensor, methods=METHODS) -> dict:
         """{method: novelty scores} for the images (knn only with a training-feature bank)."""
         logits, features = self.outputs(images)
@@ -142,19 +150,24 @@ def robustness_report(runner: ModelRunner, val: Split, cache_dir, variant_images
     images, labels = val.images[pick], val.labels[pick]
     variants = robustness.cached_client_variants(images, cache_dir)
     original = runner.outputs(images)[0].argmax(1)
-    logits = runner.outputs(variants.flatten(0, 1))[0].view(len(variants), len(images), -1)
+    logits, features = runner.outputs(variants.flatten(0, 1))
+    everything = dict(_shift_report(logits, labels.repeat(len(variants)), original.repeat(len(variants))),
+                      recognised=runner.recognised_share(logits, features))
+    logits = logits.view(len(variants), len(images), -1)
     per_variant = {name: _shift_report(logits[i], labels, original)
                    for i, name in enumerate(robustness.VARIANT_NAMES)}
-    everything = _shift_report(logits.flatten(0, 1), labels.repeat(len(variants)), original.repeat(len(variants)))
     pick = robustness.suite_subset(val.labels, corruption_images, seed=1)
     images, labels = val.images[pick], val.labels[pick]
-    corrupted = {(name, s): runner.outputs(robustness.corrupt(images, name, s))[0]
-                 for name in robustness.CORRUPTIONS for s in range(1, robustness.SEVERITIES + 1)}
+    outputs = {(name, s): runner.outputs(robustness.corrupt(images, name, s))
+               for name in robustness.CORRUPTIONS for s in range(1, robustness.SEVERITIES + 1)}
+    corrupted = {key: logits for key, (logits, _) in outputs.items()}
     all_corrupted = torch.cat(list(corrupted.values()))
+    recognised = runner.recognised_share(all_corrupted, torch.cat([f for _, f in outputs.values()]))
     return {
         "precision": str(runner.amp_dtype or "torch.float32"), "tta": runner.tta,
         "variants": dict(everything, images=len(original), per_variant=per_variant),
         "corruptions": dict(_shift_report(all_corrupted, labels.repeat(len(corrupted))), images=len(labels),
+                            recognised=recognised,
                             per_corruption={name: [(corrupted[name, s].argmax(1) == labels).float().mean().item()
                                                    for s in range(1, robustness.SEVERITIES + 1)]
                                             for name in robustness.CORRUPTIONS}),

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 
 METHODS = ("msp", "energy", "knn")
-DEFAULT_METHOD = "knn"     # README, "None of these": the best open-set and far-out AUROC measured
+# Energy: on the previous shipped model it separated every far-out set better than knn and msp
+# (noise 0.91 against 0.86 and 0.86; solid colours 0.97 against 0.94 and 0.95); README, "None of these".
+DEFAULT_METHOD = "energy"
 DEFAULT_KEEP_SHARE = 0.95  # validation images that must stay recognised at the threshold
 KNN_K = 10                 # k for a bank of ~10,000 training features (Sun et al.: k=50 for 50,000)
 BANK_SIZE = 10_000         # training features stored with the model (float16, about 7.7 MB at 384-d)

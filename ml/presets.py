@@ -21,29 +21,35 @@ Muon).
 # Photo augmentations (ml/augment.py), each the share of training images it changes: serving_aug
 # swaps an image for a round trip through a client's upload path, crop_aug takes a random-resized
 # crop, colour_aug jitters brightness, contrast and saturation (some go grey), blur_aug blurs and
-# adds sensor noise, cutout_aug blanks a square.
-NO_PHOTO_AUGMENTATION = dict(serving_aug=0.0, crop_aug=0.0, colour_aug=0.0, blur_aug=0.0, cutout_aug=0.0)
+# adds sensor noise, cutout_aug blanks a square. Outlier exposure (Hendrycks et al., 2019) adds
+# outlier_share x batch synthetic outliers made from training images (ml/augment.py) whose target
+# is the uniform distribution, weighted by outlier_weight (the paper's 0.5), so the model learns
+# to be unsure of what is none of the classes.
+NO_ROBUSTNESS_TRAINING = dict(serving_aug=0.0, crop_aug=0.0, colour_aug=0.0, blur_aug=0.0, cutout_aug=0.0,
+                              outlier_share=0.0, outlier_weight=0.5)
 PRESETS = {
     "seed": dict(  # the tutorial: SGD lr 0.001 momentum 0.9, batch size 5, 20 epochs, no augmentation
         arch="seednet", widths=None, epochs=20, batch_size=5, optimizer="sgd", lr=0.001, momentum=0.9,
         nesterov=False, weight_decay=0.0, muon_lr=0.24, muon_momentum=0.6, schedule="constant",
         label_smoothing=0.0, bias_lr_scale=1.0, whiten_bias_epochs=0, lookahead=False, flip=False,
-        translate=0, tta=0, precision="fp32", **NO_PHOTO_AUGMENTATION),
+        translate=0, tta=0, precision="fp32", **NO_ROBUSTNESS_TRAINING),
     "fast": dict(  # airbench94_muon: Muon for conv filters, SGD for the head and BatchNorm shifts
         arch="airnet", widths=[64, 256, 256], epochs=8, batch_size=2000, optimizer="muon", lr=1.65,
         momentum=0.85, nesterov=True, weight_decay=0.00242, muon_lr=0.24, muon_momentum=0.6,
         schedule="linear", label_smoothing=0.2, bias_lr_scale=64.0, whiten_bias_epochs=3,
-        lookahead=False, flip=True, translate=2, tta=2, precision="auto", **NO_PHOTO_AUGMENTATION),
+        lookahead=False, flip=True, translate=2, tta=2, precision="auto", **NO_ROBUSTNESS_TRAINING),
     "sgd": dict(  # airbench94's all-SGD recipe on a wider net, 20 epochs: the shipped model before Muon
         arch="airnet", widths=[128, 384, 384], epochs=20, batch_size=1024, optimizer="sgd", lr=1.5,
         momentum=0.85, nesterov=True, weight_decay=0.00133, muon_lr=0.24, muon_momentum=0.6,
         schedule="airbench", label_smoothing=0.2, bias_lr_scale=64.0, whiten_bias_epochs=3,
-        lookahead=True, flip=True, translate=2, tta=2, precision="auto", **NO_PHOTO_AUGMENTATION),
-    "best": dict(  # the fast recipe on a wider net, 12 epochs at half the batch: the shipped model
+        lookahead=True, flip=True, translate=2, tta=2, precision="auto", **NO_ROBUSTNESS_TRAINING),
+    "best": dict(  # the fast recipe on a wider net, 12 epochs at half the batch, trained on photos as
+        # clients send them and shown synthetic outliers: the shipped model (README, "Photos as sent")
         arch="airnet", widths=[96, 384, 384], epochs=12, batch_size=1000, optimizer="muon", lr=0.825,
         momentum=0.85, nesterov=True, weight_decay=0.00242, muon_lr=0.17, muon_momentum=0.78,
         schedule="linear", label_smoothing=0.2, bias_lr_scale=64.0, whiten_bias_epochs=3,
-        lookahead=False, flip=True, translate=2, tta=2, precision="auto", **NO_PHOTO_AUGMENTATION),
+        lookahead=False, flip=True, translate=2, tta=2, precision="auto",
+        **dict(NO_ROBUSTNESS_TRAINING, serving_aug=0.5, blur_aug=0.25, colour_aug=0.25, outlier_share=0.1)),
 }
 
 
@@ -89,6 +95,10 @@ def add_hyperparameter_flags(p):
                        ("blur", "blurred and given sensor noise"), ("cutout", "given a blank square")):
         p.add_argument(f"--{name}-aug", type=float, default=None,
                        help=f"share of training images {what}, 0..1 (ml/augment.py)")
+    p.add_argument("--outlier-share", type=float, default=None,
+                   help="synthetic outliers added per batch, as a share of the batch (outlier exposure)")
+    p.add_argument("--outlier-weight", type=float, default=None,
+                   help="weight of the outliers' uniform-target loss")
     p.add_argument("--tta", type=int, default=None, choices=[0, 1, 2],
                    help="test-time augmentation for the final report and serving")
 

@@ -15,6 +15,7 @@ variants (Pillow work, about 10 ms an image at x32) are cached beside the datase
 import hashlib
 import io
 import math
+import random
 import os
 from concurrent.futures import ProcessPoolExecutor
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from ml.augment import client_round_trip
 from ml.images import decode_image
 
 SUITE_FORMAT = 3  # bump when a variant or corruption changes, so cached suites are rebuilt
@@ -263,3 +265,28 @@ def suite_subset(labels: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor
     per_class = size // len(classes)
     picks = [(labels == c).nonzero().flatten() for c in classes]
     return torch.cat([idx[torch.randperm(len(idx), generator=generator)[:per_class]] for idx in picks]).sort().values
+
+
+def calibration_mix(val, exclude: torch.Tensor, seed: int = 0):
+    """Images for fitting the temperature on photos as they arrive: every validation image outside
+    `exclude` (the suite's subsets, so the suite's figures stay out-of-sample) once as a random
+    client round trip and once under a random corruption at a random severity. Returns
+    (uint8 images, labels)."""
+    keep = torch.ones(len(val), dtype=torch.bool)
+    keep[exclude] = False
+    images, labels = val.images[keep], val.labels[keep]
+    if not len(images):  # a validation split no larger than the suite's subsets
+        return images, labels
+    rng = random.Random(seed)
+    arrays = images.permute(0, 2, 3, 1).numpy()
+    round_trips = torch.from_numpy(np.stack([client_round_trip(a, rng) for a in arrays])).permute(0, 3, 1, 2)
+    generator = torch.Generator().manual_seed(seed)
+    kinds = torch.randint(0, len(CORRUPTIONS), (len(images),), generator=generator)
+    severities = torch.randint(1, SEVERITIES + 1, (len(images),), generator=generator)
+    corrupted = images.clone()
+    for k, name in enumerate(CORRUPTIONS):
+        for severity in range(1, SEVERITIES + 1):
+            chosen = (kinds == k) & (severities == severity)
+            if chosen.any():
+                corrupted[chosen] = corrupt(images[chosen], name, severity, seed + 1)
+    return torch.cat([round_trips.contiguous(), corrupted]), labels.repeat(2)

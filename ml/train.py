@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from ml.augment import cached_client_bank, client_mix, cutout, photo_augment
+from ml.augment import cached_client_bank, client_mix, training_inputs
 from ml.calibrate import calibrated_report, fit_novelty_and_measure
 from ml.card import make_card, weights_digest
 from ml.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from ml.data import CIFAR_MEAN, CIFAR_STD, alternating_flip, augment, iterate_batches, load_dataset, normalize
+from ml.data import CIFAR_MEAN, CIFAR_STD, alternating_flip, iterate_batches, load_dataset, normalize
 from ml.device import autocast, pick_amp_dtype, pick_device
 from ml.distributed import (StopFlag, distributed_info, finish_distributed, init_distributed, stop_agreed,
                             sync_buffers, wait_for_all)
@@ -57,13 +57,15 @@ def resolve_config(args) -> dict:
 
 def train_step(model, optimizer, scaler, images, labels, config, generator, amp_dtype):
     """One optimiser step on a batch already on the training device (uint8 images): normalise,
-    augment, forward, loss, backward, step. Returns (logits, loss)."""
-    x = augment(normalize(photo_augment(images, config, generator)), generator, config["translate"])
-    if config["cutout_aug"]:
-        x = cutout(x, config["cutout_aug"], generator)
+    augment, forward, loss (plus outlier exposure's uniform-target loss on the synthetic outliers
+    appended to the batch), backward, step. Returns (logits of the real images, loss)."""
+    x = training_inputs(images, config, generator)
     with autocast(images.device, amp_dtype):
-        logits = model(x)
+        out = model(x)
+        logits = out[:len(labels)]
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=config["label_smoothing"])
+        if len(out) > len(labels):
+            loss = loss - config["outlier_weight"] * F.log_softmax(out[len(labels):].float(), 1).mean()
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
