@@ -32,7 +32,7 @@ def write_dataset(root, train_per_class=30, test_per_class=8, seed=0):
 def admin_config(tmp_path, model_dir, data_dir, **extra):
     return {"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance"), "MODEL_DIR": str(model_dir),
             "WTF_CSRF_ENABLED": True, "ADMIN_PASSWORD": PASSWORD, "ADMIN_TOKEN": TOKEN,
-            "TRAIN_DATA": str(data_dir), "TRAIN_THREADS": 1, **extra}
+            "TRAIN_DATA": str(data_dir), "TRAIN_THREADS": 1, "TRAIN_SUITE": False, **extra}
 
 
 def csrf_token(client, path="/admin/login"):

@@ -228,3 +228,11 @@ def test_html_forms_start_and_cancel_a_job(admin_app):
     wait_for(lambda: client.get(f"/admin/jobs/{job_id}.json").json["status"] == "cancelled", 15, 0.3, "cancel")
     listing = client.get("/admin").get_data(as_text=True)
     assert f'data-job="{job_id}"' in listing and "cancelled" in listing
+
+
+def test_a_job_measures_the_robustness_suite_unless_the_setting_turns_it_off(tmp_path, tiny_model_dir, dataset):
+    params = {"preset": "seed", "data": "default"}
+    measured = create_app(admin_config(tmp_path / "a", tiny_model_dir, dataset, TRAIN_SUITE=True))
+    skipped = create_app(admin_config(tmp_path / "b", tiny_model_dir, dataset))
+    assert "--no-suite" not in jobs.build_command(params, tmp_path / "job", measured)
+    assert "--no-suite" in jobs.build_command(params, tmp_path / "job", skipped)

@@ -22,7 +22,8 @@ def server(tmp_path_factory, tiny_model_dir):
     instance = root / "instance"
     instance.mkdir()
     process, base = start_server(instance, tiny_model_dir, workers=2, env_extra={
-        "ADMIN_PASSWORD": PASSWORD, "ADMIN_TOKEN": TOKEN, "TRAIN_DATA": str(data), "TRAIN_THREADS": "1"})
+        "ADMIN_PASSWORD": PASSWORD, "ADMIN_TOKEN": TOKEN, "TRAIN_DATA": str(data), "TRAIN_THREADS": "1",
+        "TRAIN_SUITE": "false"})
     yield base
     for job in call(base, "GET", "/api/v1/admin/jobs")[1]["jobs"]:
         if job["status"] in ("queued", "running"):
@@ -125,7 +126,8 @@ def test_a_job_outlives_a_restart_of_the_web_app(tmp_path, tiny_model_dir):
     data = write_dataset(tmp_path / "data", train_per_class=30, test_per_class=4)
     instance = tmp_path / "instance"
     instance.mkdir()
-    env = {"ADMIN_TOKEN": TOKEN, "ADMIN_PASSWORD": PASSWORD, "TRAIN_DATA": str(data), "TRAIN_THREADS": "1"}
+    env = {"ADMIN_TOKEN": TOKEN, "ADMIN_PASSWORD": PASSWORD, "TRAIN_DATA": str(data), "TRAIN_THREADS": "1",
+           "TRAIN_SUITE": "false"}
     process, base = start_server(instance, tiny_model_dir, env_extra=env)
     try:
         status, job = call(base, "POST", "/api/v1/admin/jobs", dict(TINY_JOB, epochs=25))

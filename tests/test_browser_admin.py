@@ -21,7 +21,7 @@ def server(tmp_path_factory, shipped_model_dir):
     # the gate by itself, so the new one waits and the admin promotes it
     process, base = start_server(instance, shipped_model_dir, workers=2, env_extra={
         "ADMIN_PASSWORD": PASSWORD, "ADMIN_TOKEN": TOKEN, "TRAIN_DATA": str(data), "TRAIN_THREADS": "1",
-        "PROMOTION_MARGIN": "-1"})
+        "TRAIN_SUITE": "false", "PROMOTION_MARGIN": "-1"})
     yield base
     stop_server(process)
 

@@ -11,7 +11,7 @@ import pytest
 import ml.download
 from ml import train as ml_train
 
-TRAIN_FLAGS = ["--val-size", "40", "--threads", "1", "--preset", "fast", "--widths", "8", "16", "16",
+TRAIN_FLAGS = ["--no-suite", "--val-size", "40", "--threads", "1", "--preset", "fast", "--widths", "8", "16", "16",
                "--epochs", "1", "--batch-size", "50", "--precision", "fp32"]
 
 

@@ -22,9 +22,10 @@ def config_for(dataset, *flags):
     return resolve_config(build_parser().parse_args(["--data", str(dataset), *SMALL, *flags]))
 
 
-def run_train(tmp_path, dataset, *flags, name="model"):
+def run_train(tmp_path, dataset, *flags, name="model", suite=False):
+    """Train in process; the end-of-training suite (minutes) only where a test is about it."""
     records = []
-    card = train(config_for(dataset, *flags), tmp_path / name, emit=records.append)
+    card = train(config_for(dataset, *flags), tmp_path / name, emit=records.append, suite=suite)
     return card, records
 
 
@@ -92,7 +93,7 @@ def test_training_is_reproducible_on_cpu(tmp_path, tiny_dataset):
 
 
 def train_cli(*args, **popen):
-    return subprocess.Popen([sys.executable, "-m", "ml.train", *args], cwd=PROJECT_ROOT,
+    return subprocess.Popen([sys.executable, "-m", "ml.train", "--no-suite", *args], cwd=PROJECT_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -141,16 +142,16 @@ def test_a_stop_mid_epoch_resumes_in_process_to_the_same_weights(tmp_path, tiny_
     config = config_for(tiny_dataset, "--preset", preset, "--widths", "8", "16", "16", "--epochs", "3",
                         "--batch-size", "40", "--precision", "fp32", "--seed", "2")
     reference = []
-    train(config, tmp_path / "ref", emit=reference.append)
+    train(config, tmp_path / "ref", emit=reference.append, suite=False)
     stop, ckpt, records = StopFlag(), tmp_path / "run.resume.pt", []
 
     def stop_after_seven_steps(record):
         records.append(record)
         stop.requested = record.get("global_step") == 7  # epoch 2, step 2 of 5
 
-    assert train(config, tmp_path / "run", ckpt, emit=stop_after_seven_steps, stop=stop) is None
+    assert train(config, tmp_path / "run", ckpt, emit=stop_after_seven_steps, stop=stop, suite=False) is None
     assert ckpt.is_file() and records[-1]["type"] == "stopped" and records[-1]["global_step"] == 7
-    train(config, tmp_path / "run", ckpt, resume=True, emit=records.append)
+    train(config, tmp_path / "run", ckpt, resume=True, emit=records.append, suite=False)
     digests = [[r["weights_digest"] for r in run if r["type"] == "done"] for run in (reference, records)]
     assert digests[0] == digests[1] and len(digests[0]) == 1
     assert not ckpt.exists()
@@ -176,7 +177,7 @@ def test_ddp_with_two_cpu_processes_agrees(tmp_path, tiny_dataset):
         [torchrun, "--standalone", "--nproc-per-node", "2", "--log-dir", str(tmp_path / "logs"), "--redirects", "1",
          "-m", "ml.train", "--data", str(tiny_dataset),
          *SMALL, "--preset", "fast", "--widths", "8", "16", "16", "--epochs", "2", "--batch-size", "40",
-         "--precision", "fp32", "--out", str(tmp_path / "ddp")],
+         "--precision", "fp32", "--no-suite", "--out", str(tmp_path / "ddp")],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert process.returncode == 0, process.stdout + process.stderr
     lines = [l for f in sorted((tmp_path / "logs").rglob("stdout.log")) for l in f.read_text().splitlines()]
@@ -235,7 +236,7 @@ def test_training_ends_with_novelty_and_robustness_in_the_card_and_a_bank_that_l
     shares = ["--serving-aug", "0.5", "--crop-aug", "0.5", "--colour-aug", "0.5", "--blur-aug", "0.5",
               "--cutout-aug", "0.5"]
     card, records = run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
-                              "--epochs", "2", "--batch-size", "40", "--precision", "fp32", *shares)
+                              "--epochs", "2", "--batch-size", "40", "--precision", "fp32", *shares, suite=True)
     names = ("serving", "crop", "colour", "blur", "cutout")
     assert all(card["hyperparameters"][f"{name}_aug"] == 0.5 for name in names)
     assert all(r["train_loss"] == r["train_loss"] for r in records if r["type"] == "epoch")  # not NaN

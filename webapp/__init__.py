@@ -36,6 +36,7 @@ SETTINGS = (
     ("TRAIN_DATA", str(PROJECT_ROOT / "data"), str),  # the "default" data source of retraining jobs
     ("TRAIN_NPROC", 1, int),               # >1: jobs run under torchrun with this many processes
     ("TRAIN_THREADS", None, int),          # torch threads of a training job (unset: all cores)
+    ("TRAIN_SUITE", True, flag),           # a job ends by measuring the robustness suite (minutes on a CPU)
     ("BATCH_WINDOW_MS", 5, float),         # micro-batching: wait up to this for requests being decoded; 0: off
     ("BATCH_MAX_IMAGES", 32, int),         # images per forward pass, at most
 )

@@ -133,6 +133,8 @@ def build_command(params, job_dir, app=None) -> list:
             command += ["--" + name.replace("_", "-"), str(params[name])]
     if app.config.get("TRAIN_THREADS"):
         command += ["--threads", str(int(app.config["TRAIN_THREADS"]))]
+    if not app.config["TRAIN_SUITE"]:
+        command.append("--no-suite")
     return command + (["--resume"] if params.get("resume") else [])
 
 
