@@ -170,12 +170,14 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
         wait_for_all(world)
     dataset = load_dataset(config["data"], val_size=config["val_size"], split_seed=config["split_seed"],
                            limit=config["limit"])
-    if config["classes"]:
-        dataset = dataset.only_classes(config["classes"])  # the open-set protocol's known classes
     if world > 1 and config["batch_size"] % world:
         raise ValueError(f"batch size {config['batch_size']} is not divisible by {world} processes")
     client_bank = cached_client_bank(dataset.train.images, Path(config["data"]) / ".cache", config["seed"]) \
         if config["serving_aug"] else None
+    if config["classes"]:  # the open-set protocol's known classes, with the full run's cached bank
+        known = torch.isin(dataset.train.labels, torch.tensor([dataset.classes.index(c) for c in config["classes"]]))
+        dataset = dataset.only_classes(config["classes"])
+        client_bank = client_bank[:, known] if client_bank is not None else None
     amp_dtype = pick_amp_dtype(config["precision"], device)
     state = new_state(config, dataset, device, amp_dtype)
     model = state.model
