@@ -98,6 +98,7 @@ def test_evaluate_cli_adds_robustness_and_novelty_sections(tmp_path, tiny_datase
     assert set(novelty["sets"]) == {"held-out classes", *PROCEDURAL_SETS}
     assert novelty["known_images"] == 32 and novelty["sets"]["held-out classes"]["images"] == 8
     for entry in novelty["sets"].values():
-        assert set(entry["auroc"]) == {"msp", "energy", "knn"} and 0 <= entry["refused"] <= 1
+        # knn needs a training-feature bank, which an energy card does not store
+        assert set(entry["auroc"]) == {"msp", "energy"} and 0 <= entry["refused"] <= 1
     # fp32 as in training: the threshold fitted there keeps its share of the same validation images
     assert novelty["known_recognised"] >= 0.95
