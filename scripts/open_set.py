@@ -34,10 +34,12 @@ def run_split(held_out, out: Path, epochs: int, data: str) -> dict:
                             "--data", data, "--out", str(folder), "--no-suite", *SHIPPED_ROBUSTNESS_FLAGS,
                             "--classes", *known],
                            check=True, stdout=log, stderr=subprocess.STDOUT)
-    report = subprocess.run([sys.executable, "-m", "ml.evaluate", "--model", str(folder), "--data", data,
-                             "--novelty"], check=True, capture_output=True, text=True).stdout
+    report = folder.with_suffix(".novelty.json")  # kept, so a rerun measures only what is missing
+    if not report.is_file():
+        subprocess.run([sys.executable, "-m", "ml.evaluate", "--model", str(folder), "--data", data, "--novelty",
+                        "--out", str(report)], check=True, capture_output=True)
     card = json.loads((folder / "card.json").read_text())
-    novelty = json.loads(report)["novelty"]
+    novelty = json.loads(report.read_text())["novelty"]
     unknown = novelty["sets"]["held-out classes"]
     return {"held_out": list(held_out), "accuracy": card["evaluation"]["accuracy"], "auroc": unknown["auroc"],
             "refused": unknown["refused"], "known_recognised": novelty["known_recognised"],
