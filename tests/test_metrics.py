@@ -2,12 +2,14 @@
 and totals that stay correct across gunicorn workers (multiprocess mode), worker deaths included."""
 
 import io
+import json
 import os
 import signal
 import threading
 from pathlib import Path
 
 import pytest
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from admin_support import TINY_JOB, admin_config, auth_headers, wait_for, write_dataset
@@ -167,9 +169,22 @@ def remote_scrape(base) -> dict:
     return samples(body.decode())
 
 
-def counter_pids(instance) -> set:
-    return {name.split("_")[1].split(".")[0] for name in os.listdir(Path(instance) / "prometheus")
-            if name.startswith("counter_")}
+def pids_counting(instance, kind: str, metric: str) -> set:
+    """Worker pids whose own samples file holds a positive `metric`. Every worker creates its
+    counter file when it imports the metrics module, before it has answered or loaded anything,
+    so a file alone proves nothing."""
+    folder = Path(instance) / "prometheus"
+    return {int(name.split("_")[-1].split(".")[0]) for name in os.listdir(folder) if name.startswith(kind + "_")
+            and any(json.loads(key)[1] == metric and number > 0
+                    for key, number, *_ in MmapedDict.read_all_values_from_file(folder / name))}
+
+
+def answering_pids(instance) -> set:
+    return pids_counting(instance, "counter", "webapp_predictions_total")
+
+
+def serving_pids(instance) -> set:
+    return pids_counting(instance, "gauge_livesum", "webapp_model_served_workers")
 
 
 def predict_concurrently(base, count):
@@ -192,12 +207,16 @@ def predict_concurrently(base, count):
 @pytest.mark.slow
 def test_totals_are_the_same_whichever_worker_answers(two_workers):
     process, base, instance = two_workers
+    # the server answers once one worker is up; the other may still be loading its model (slowly,
+    # on a busy machine), and until then it neither serves nor answers
+    wait_for(lambda: len(serving_pids(instance)) == 2, timeout=90, interval=0.5,
+             what="both workers to load their model")
     before = total(remote_scrape(base), "webapp_predictions_total")
     sent = 0
-    while len(counter_pids(instance)) < 2 and sent < 200:  # until both workers have answered some
+    while len(answering_pids(instance)) < 2 and sent < 200:  # until both workers have answered some
         predict_concurrently(base, 8)
         sent += 8
-    assert len(counter_pids(instance)) == 2, "one worker answered every request"
+    assert len(answering_pids(instance)) == 2, "one worker answered every request"
     scrapes = [remote_scrape(base) for _ in range(8)]
     assert {total(s, "webapp_predictions_total") - before for s in scrapes} == {sent}
     assert {value(s, "webapp_model_served_workers", id="shipped", version="test-1") for s in scrapes} == {2}
@@ -215,8 +234,8 @@ def test_a_dead_worker_stops_counting_as_serving_but_its_counts_stay(two_workers
         pids = worker_pids(process.pid)
         return pids if len(pids) == 2 and victim not in pids else None
     newcomer = (set(wait_for(replaced, timeout=60, what="gunicorn to replace the killed worker")) - {survivor}).pop()
-    wait_for(lambda: (Path(instance) / "prometheus" / f"gauge_livesum_{newcomer}.db").exists(),
-             timeout=60, what="the new worker to load its model")
+    wait_for(lambda: newcomer in serving_pids(instance), timeout=60, interval=0.5,
+             what="the new worker to load its model")
     after = remote_scrape(base)
     assert value(after, "webapp_model_served_workers", id="shipped", version="test-1") == 2
     assert total(after, "webapp_predictions_total") == total(before, "webapp_predictions_total")
