@@ -5,6 +5,7 @@ separation.
     python -m ml.evaluate --model models/default --data data [--tta 1] [--out report.json]
     python -m ml.evaluate --model models/default --data data --robustness --novelty \
         [--package-photos data/package-photos]
+    python -m ml.evaluate --model models/default --data data --robustness --serving-policy --write-card
 """
 
 import argparse
@@ -15,10 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ml import outliers, robustness
+from ml import outliers, robustness, serving_policy
 from ml.data import Split, iterate_batches, load_dataset, normalize
 from ml.device import autocast, pick_amp_dtype, pick_device
-from ml.modelfile import load_model_dir, load_novelty_bank
+from ml.modelfile import CARD_FILE, load_model_dir, load_novelty_bank, write_json_atomic
 from ml.models import tta_outputs
 from ml.novelty import METHODS, auroc, novelty_scores
 
@@ -174,6 +175,25 @@ def robustness_report(runner: ModelRunner, val: Split, cache_dir, variant_images
     }
 
 
+def suite_splits(val: Split, cache_dir, variant_images=SUITE_VARIANT_IMAGES,
+                 corruption_images=SUITE_CORRUPTION_IMAGES) -> list:
+    """[(name, Split)] of the robustness suite's inputs, every variant and corruption in one
+    set each, with their true labels (what the serving policy must hold on)."""
+    pick = robustness.suite_subset(val.labels, variant_images)
+    variants = robustness.cached_client_variants(val.images[pick], cache_dir)
+    corrupt_pick = robustness.suite_subset(val.labels, corruption_images, seed=1)
+    corrupted = [robustness.corrupt(val.images[corrupt_pick], name, s)
+                 for name in robustness.CORRUPTIONS for s in range(1, robustness.SEVERITIES + 1)]
+    return [("variants", Split(variants.flatten(0, 1), val.labels[pick].repeat(len(variants)))),
+            ("corruptions", Split(torch.cat(corrupted), val.labels[corrupt_pick].repeat(len(corrupted))))]
+
+
+def serving_section(model, card, device, val: Split, cache_dir, with_suite: bool) -> dict:
+    """The serving policy (precision gate, TTA policy, speeds) measured on this device."""
+    suite = suite_splits(val, cache_dir) if with_suite else ()
+    return serving_policy.measure(model, card, device, val, suite)
+
+
 def far_out_sets(package_photos=None, count=FAR_OUT_IMAGES) -> dict:
     """{set name: uint8 images} of things that are none of the ten classes."""
     sets = {name: outliers.procedural_set(name, count) for name in outliers.PROCEDURAL_SETS}
@@ -235,6 +255,11 @@ def main(argv=None):
     parser.add_argument("--suite-precision", default="auto", choices=["auto", "fp32", "bf16"],
                         help="autocast for the suite and novelty passes (auto: bf16 where supported, "
                              "about 1.8x faster with TTA; the clean report is always fp32 as served)")
+    parser.add_argument("--serving-policy", action="store_true",
+                        help="measure the precision gate and TTA policy the server uses on this device "
+                             "(with the robustness suite when --robustness is given too; minutes)")
+    parser.add_argument("--write-card", action="store_true",
+                        help="with --serving-policy: write the measured policy into the model's card")
     parser.add_argument("--out", default=None, help="also write the report to this file")
     args = parser.parse_args(argv)
 
@@ -256,6 +281,12 @@ def main(argv=None):
             unknowns = {"held-out classes": dataset.unknown_val.images, **unknowns}
         report["novelty"] = novelty_report(runner, dataset.val, unknowns, spec.get("threshold"),
                                            spec.get("method"))
+    if args.serving_policy:
+        report["serving"] = serving_section(model, card, device, dataset.val, Path(args.data) / ".cache",
+                                            args.robustness)
+        if args.write_card:
+            card_path = Path(args.model) / CARD_FILE
+            write_json_atomic(card_path, serving_policy.merged(json.loads(card_path.read_text()), report["serving"]))
     text = json.dumps(report, indent=1)
     if args.out:
         with open(args.out, "w") as f:

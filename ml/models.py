@@ -31,27 +31,53 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def tta_outputs(model, x: torch.Tensor, level: int):
+TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image at each level
+
+
+def extra_views(model, x: torch.Tensor, level: int) -> list:
+    """Logits of the views beyond the plain one, in order: mirror; then (level 2) one-pixel
+    translations up-left and down-right, each plain and mirrored (airbench's flip-and-translate)."""
+    if level == 0:
+        return []
+    views = [model(x.flip(3))]
+    if level >= 2:
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        h, w = x.shape[2:]
+        for shifted in (padded[:, :, :h, :w], padded[:, :, 2:, 2:]):
+            shifted = shifted.contiguous(memory_format=torch.channels_last)
+            views += [model(shifted), model(shifted.flip(3))]
+    return views
+
+
+def combine_views(views, level: int) -> torch.Tensor:
+    """TTA logits from the plain view's logits followed by `extra_views`: each view averaged
+    with its mirror, the translations weighing half as much as the original."""
+    if level == 0:
+        return views[0]
+    logits = 0.5 * (views[0] + views[1])
+    if level >= 2:
+        logits = 0.5 * logits + 0.25 * (0.5 * (views[2] + views[3]) + 0.5 * (views[4] + views[5]))
+    return logits
+
+
+def tta_outputs(model, x: torch.Tensor, level: int, confident_at: float = None, temperature: float = 1.0):
     """(logits with test-time augmentation, penultimate features of the plain view).
 
-    TTA levels: 0 none; 1 average with the mirror image; 2 also average one-pixel translations
-    up-left and down-right (airbench's flip-and-translate). The features (what the novelty score
-    reads) come from the un-augmented view, the pass every level makes anyway."""
+    TTA levels: 0 none; 1 average with the mirror image; 2 also average one-pixel translations.
+    Adaptive (`confident_at`): every image gets the plain pass; only those whose calibrated top
+    probability (plain logits / `temperature`) is below `confident_at` get the extra views, so a
+    confident photo costs one pass instead of six. The features (what the novelty score reads)
+    come from the plain view, the pass every level makes anyway."""
     features = model.penultimate(x)
     plain = model.classify(features)
     if level == 0:
         return plain, features
-
-    def flip_avg(batch, logits=None):
-        return 0.5 * ((model(batch) if logits is None else logits) + model(batch.flip(3)))
-
-    logits = flip_avg(x, plain)
-    if level >= 2:
-        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        h, w = x.shape[2:]
-        up_left = padded[:, :, :h, :w].contiguous(memory_format=torch.channels_last)
-        down_right = padded[:, :, 2:, 2:].contiguous(memory_format=torch.channels_last)
-        logits = 0.5 * logits + 0.25 * (flip_avg(up_left) + flip_avg(down_right))
+    if confident_at is None:
+        return combine_views([plain, *extra_views(model, x, level)], level), features
+    unsure = (plain.float() / temperature).softmax(1).amax(1) < confident_at
+    logits = plain.clone()
+    if unsure.any():
+        logits[unsure] = combine_views([plain[unsure], *extra_views(model, x[unsure], level)], level).to(plain.dtype)
     return logits, features
 
 

@@ -11,6 +11,7 @@ closest guess.
 
 import argparse
 import json
+import logging
 import sys
 import threading
 
@@ -23,8 +24,10 @@ from ml.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from ml.modelfile import load_model_dir, load_novelty_bank
 from ml.models import tta_outputs
 from ml.novelty import novelty_scores
+from ml.serving_policy import serving_precision, serving_tta
 
 TOP_K = 5
+LOG = logging.getLogger(__name__)
 
 
 class Predictor:
@@ -38,9 +41,12 @@ class Predictor:
         self.model_dir = str(model_dir)
         self.classes = self.card["classes"]
         self.input_size = self.card.get("input_size", 32)
-        self.tta = self.card.get("tta", 0)
+        self.tta, self.confident_at = serving_tta(self.card)  # the card's measured policy
         self.temperature = self.card.get("temperature", 1.0)  # see ml/calibrate.py
-        self.amp_dtype = None  # full precision: the temperature was fitted on full-precision logits
+        # bf16/fp16 only where the card's agreement gate passed on this kind of device
+        self.amp_dtype, why_fp32 = serving_precision(self.card, self.device)
+        if why_fp32:
+            LOG.warning("%s: %s", model_dir, why_fp32)
         norm = self.card["normalization"]
         self.norm = (norm["mean"], norm["std"])
         self.max_pixels = max_pixels
@@ -70,7 +76,7 @@ class Predictor:
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
         x = normalize(batch, *self.norm)
         with self._lock, autocast(self.device, self.amp_dtype):
-            logits, features = tta_outputs(self.model, x, self.tta)
+            logits, features = tta_outputs(self.model, x, self.tta, self.confident_at, self.temperature)
         logits = logits.float().cpu() / self.temperature
         novelty = novelty_scores(self.novelty_method, logits, features.float().cpu(), self.novelty_bank)
         return logits.softmax(1), novelty
