@@ -151,10 +151,10 @@ def images_per_second(model, images: torch.Tensor, device, norm, amp_dtype, leve
     return done / (time.perf_counter() - start)
 
 
-def measure(model, card: dict, device: torch.device, val: Split, suite=()) -> dict:
+def measure(model, card: dict, device: torch.device, val: Split, suite=(), speed: bool = True) -> dict:
     """The card's `serving` section for `device`: the TTA table and chosen policy, the precision
-    gate of the fastest dtype that passes it (or of the first, failed), and forward-pass speeds.
-    `suite`: (name, Split) sets of the robustness suite the policy must hold on."""
+    gate of the fastest dtype that passes it (or of the first, failed), and (`speed`) forward-pass
+    speeds. `suite`: (name, Split) sets of the robustness suite the policy must hold on."""
     norm = (card["normalization"]["mean"], card["normalization"]["std"])
     temperature = card.get("temperature", 1.0)
     candidates = precision_candidates(device)
@@ -176,6 +176,8 @@ def measure(model, card: dict, device: torch.device, val: Split, suite=()) -> di
         if gate["passed"]:
             break
     section["precision"] = {device.type: entry} if entry else {}
+    if not speed:
+        return section
     served = DTYPES[entry["dtype"]] if entry and entry["passed"] else None
     images = val.images[:512]
     section["images_per_s"] = {

@@ -34,13 +34,14 @@ from ml.device import autocast, pick_amp_dtype, pick_device
 from ml.distributed import (StopFlag, distributed_info, finish_distributed, init_distributed, stop_agreed,
                             sync_buffers, wait_for_all)
 from ml.download import DownloadError, download_cifar10
-from ml.evaluate import predict_logits, report_from_logits
+from ml.evaluate import predict_logits, report_from_logits, serving_section
 from ml.libc import keep_freed_memory
 from ml.modelfile import gallery_files, write_model_dir
 from ml.models import build_model, count_parameters
 from ml.optim import Lookahead, lr_factor, make_optimizer, set_lr
 from ml.presets import PRESETS, add_hyperparameter_flags, arch_kwargs, preset_with_flags
 from ml.progress import EpochMeter, terminal_line
+from ml.serving_policy import merged
 
 EXIT_STOPPED = 3  # stopped by SIGTERM/SIGINT after writing a resume checkpoint
 WHITENING_IMAGES = 5000       # training images used to estimate the patch covariance
@@ -226,6 +227,9 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
                          state.eval_seconds, time.perf_counter() - wall_start, device, amp_dtype, world)
         card, novelty_files = fit_novelty_and_measure(model, dict(card, temperature=temperature), dataset,
                                                       device, val_logits, val_features, config["data"], suite)
+        # the precision and TTA policy the server will use, measured here (speeds: ml.evaluate)
+        card = merged(card, serving_section(model, card, device, dataset.val, Path(config["data"]) / ".cache",
+                                            speed=False))
         write_model_dir(out_dir, model, card, {**gallery_files(dataset.val.images, report, dataset.train,
                                                                dataset.classes), **novelty_files})
         if checkpoint_path and Path(checkpoint_path).is_file():

@@ -21,20 +21,28 @@ import http.client
 import itertools
 import json
 import multiprocessing
+import os
 import re
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from scripts.serve_tools import (SHIPPED_MODEL, Server, exit_on_sigterm, make_photos,
-                                 multipart, new_connection, percentile, photo_file, request, worker_rss)
+from ml.serving_policy import serving_tta
+from scripts.serve_tools import (PHOTO_SETS, PROJECT_ROOT, SHIPPED_MODEL, Server, exit_on_sigterm, free_port,
+                                 make_photos, multipart, new_connection, percentile, photo_file, request,
+                                 worker_rss)
 
 MULTI_IMAGES = 16
 MULTI_MAX_SIDE = 1600      # 16 phone photos do not fit the 10 MB request limit; web-sized ones do
 CONCURRENCY = (1, 4, 16)
 MULTI_CONCURRENCY = 4
 RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+PEER_VENV = ".venv-litserve"
+PEER_REQUIREMENT = "litserve>=0.2,<0.3"  # the peer the serving goals compare against
 
 
 # ---- the in-process ceiling ----
@@ -158,26 +166,86 @@ def measured(server, bodies, concurrency, total, seconds) -> dict:
                                              for pid in sorted(set(rss_start) | set(rss_end))})
 
 
-def series(label, env, photos, multi_bodies, args, work) -> dict:
-    """Start a server with `env`, time its first prediction, warm it up, run every load level."""
+def series(label, env, photos, multi_bodies, args, work, concurrency=CONCURRENCY) -> dict:
+    """Start a server with `env`, time its first prediction, warm it up, run the load levels
+    (`multi_bodies` None: one photo per request only)."""
     server = Server(work / f"instance-{label}", model_dir=args.model, env=env)
     try:
         first = server.first_prediction(photo_file(*photos[0]))
         singles = [(*multipart([photo_file(p, fmt)]), 1) for p, fmt in photos]
         # warm-up: every photo twice at full concurrency, then 16-image requests: forward passes of
         # every batch size the run will see, so memory is at its plateau before it is measured
-        Load(server.base, singles, max(CONCURRENCY), len(singles) * 2, 300).run()
-        Load(server.base, multi_bodies, MULTI_CONCURRENCY, MULTI_CONCURRENCY * 2, 300).run()
+        Load(server.base, singles, max(concurrency), len(singles) * 2, 300).run()
+        if multi_bodies:
+            Load(server.base, multi_bodies, MULTI_CONCURRENCY, MULTI_CONCURRENCY * 2, 300).run()
         workers = server.workers()
-        rows = [dict(measured(server, singles, c, len(singles) * args.cycles * max(1, c // 4), args.seconds),
-                     path="1 image/request") for c in CONCURRENCY]
-        rows.append(dict(measured(server, multi_bodies, MULTI_CONCURRENCY, len(multi_bodies) * args.cycles,
-                                  args.seconds), path=f"{MULTI_IMAGES} images/request"))
+        rows = [dict(measured(server, singles, c, requests_at(c, singles, args), args.seconds),
+                     path="1 image/request") for c in concurrency]
+        if multi_bodies:
+            rows.append(dict(measured(server, multi_bodies, MULTI_CONCURRENCY, len(multi_bodies) * args.cycles,
+                                      args.seconds), path=f"{MULTI_IMAGES} images/request"))
         restarted = workers != server.workers()
     finally:
         server.stop()
     return {"label": label, "env": env, "first_prediction_s": first, "workers": len(workers),
             "worker_restarts": restarted, "rows": rows}
+
+
+def requests_at(concurrency, singles, args) -> int:
+    return len(singles) * args.cycles * max(1, concurrency // 4)
+
+
+# ---- the LitServe peer ----
+
+def peer_environment() -> Path:
+    """`.venv-litserve`: LitServe 0.2.x in a virtual environment of its own, which sees the
+    product's packages (torch, Pillow, safetensors) through a .pth file instead of a second
+    multi-GB torch; the product's requirements never include it."""
+    venv = PROJECT_ROOT / PEER_VENV
+    python = venv / "bin" / "python"
+    if subprocess.run([str(python), "-c", "import litserve"], capture_output=True).returncode if python.exists() else 1:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        site = next((venv / "lib").glob("python3*/site-packages"))
+        (site / "product.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", PEER_REQUIREMENT], check=True)
+    return python
+
+
+def peer_series(label, python, tta, workers, photos, args, work) -> dict:
+    """The LitServe peer (scripts/litserve_peer.py) with as many inference processes (1 torch thread
+    each) as our server has workers, under one photo per request at the top concurrency."""
+    port = free_port()
+    log = open(work / f"litserve-{port}.log", "wb")
+    process = subprocess.Popen([str(python), "-m", "scripts.litserve_peer", "--model", args.model, "--port", str(port),
+                                "--tta", str(tta), "--workers", str(workers)],
+                               cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        singles = [(*multipart([photo_file(p, fmt)]), 1) for p, fmt in photos]
+        wait_until_answers(base, singles[0], process)
+        Load(base, singles, max(CONCURRENCY), len(singles) * 2, 300).run()  # warm-up, as for ours
+        c = max(CONCURRENCY)
+        row = dict(Load(base, singles, c, requests_at(c, singles, args), args.seconds).run(), concurrency=c,
+                   path="1 image/request", mean_batch=None, rss_mb={})
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    return {"label": label, "rows": [row]}
+
+
+def wait_until_answers(base, single, process, timeout=180):
+    body, ctype, _ = single
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the LitServe peer exited with {process.returncode}")
+        try:
+            if request(base, "POST", "/api/v1/predict", body, ctype, timeout=30)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the LitServe peer did not answer within {timeout} s")
 
 
 def multi_bodies(photos) -> list:
@@ -191,6 +259,28 @@ def multi_bodies(photos) -> list:
 
 
 # ---- report ----
+
+def goals(ours, off, peers, ceilings, cards_tta) -> str:
+    """The issue's goals at concurrency 16, one photo per request, against this run's figures."""
+    top = next(r for r in ours["rows"] if r["concurrency"] == max(CONCURRENCY) and r["path"] == "1 image/request")
+    lines = ["| goal | measured | met |", "|---|---|---|"]
+
+    def goal(text, measured, met):
+        lines.append(f"| {text} | {measured} | {'yes' if met else '**no**'} |")
+    goal("at least 100 photos/s", f"{top['images_per_s']:.1f}", top["images_per_s"] >= 100)
+    for peer in peers:
+        row = peer["rows"][0]
+        ratio = top["images_per_s"] / row["images_per_s"]
+        goal(f"at least 2x the LitServe peer ({peer['label']})", f"{ratio:.2f}x ({row['images_per_s']:.1f} photos/s, "
+             f"{row['errors']} errors)", ratio >= 2)
+    goal("p99 at most 4x p50", f"{top['p99_ms'] / top['p50_ms']:.2f}", top["p99_ms"] <= 4 * top["p50_ms"])
+    goal("zero errors", str(top["errors"]), top["errors"] == 0)
+    ratio = top["images_per_s"] / ceilings["single"]
+    goal("at least 0.8 of the in-process ceiling", f"{ratio:.2f}", ratio >= 0.8)
+    lines.append(f"\nserved TTA policy: {cards_tta}; batching off at concurrency 16: "
+                 f"{off['rows'][0]['images_per_s']:.1f} photos/s")
+    return "\n".join(lines)
+
 
 def table(results, ceilings) -> str:
     lines = ["| batching | request | concurrency | requests | errors | req/s | images/s | p50 ms | p95 ms | "
@@ -214,19 +304,31 @@ def main():
                         help="requests per level: this many passes over the photos (x concurrency/4 from 4 up)")
     parser.add_argument("--seconds", type=float, default=60, help="time limit of each load level")
     parser.add_argument("--ceiling-seconds", type=float, default=15, help="length of each ceiling measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="photos: this many of each of the 12 kinds")
+    parser.add_argument("--photos", default="client", choices=sorted(PHOTO_SETS),
+                        help="client: 96-1024 px PNG, WebP, JPEG, CMYK (the goals' mix); phone: up to 12 MP")
+    parser.add_argument("--rounds", type=int, default=4, help="photos: this many of each of the 12 kinds")
     parser.add_argument("--model", default=str(SHIPPED_MODEL), help="model folder (default: the shipped model)")
+    parser.add_argument("--no-peer", action="store_true", help="skip the LitServe peer")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     exit_on_sigterm()
 
-    photos = make_photos(args.rounds)
+    photos = make_photos(args.rounds, kinds=args.photos)
     multi, small = multi_bodies(photos)
+    card = json.loads((Path(args.model) / "card.json").read_text())
+    level, confident_at = serving_tta(card)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         work = Path(tmp)
-        batching_on = series("on", {}, photos, multi, args, work)
-        batching_off = series("off", {"BATCH_WINDOW_MS": "0"}, photos, multi, args, work)
-    processes, threads = batching_on["workers"], 1  # gunicorn.conf.py: 1 torch thread per worker
+        ours = series("on", {}, photos, multi, args, work)
+        off = series("off", {"BATCH_WINDOW_MS": "0"}, photos, None, args, work, concurrency=[max(CONCURRENCY)])
+        layout = series("on, 1 worker x 2 threads", {"WEB_WORKERS": "1", "TORCH_THREADS": "2"}, photos, None,
+                        args, work, concurrency=[max(CONCURRENCY)])
+        peers = []
+        if not args.no_peer:
+            python = peer_environment()
+            peers = [peer_series(f"LitServe, TTA {tta}", python, tta, ours["workers"], photos, args, work)
+                     for tta in sorted({level, 0}, reverse=True)]
+    processes, threads = ours["workers"], 1  # gunicorn.conf.py: 1 torch thread per worker
     paths = [p for p, _ in photos]
     ceilings = {"single, 1 per forward": ceiling(args.model, paths, processes, threads, 1, args.ceiling_seconds),
                 "single, 16 per forward": ceiling(args.model, paths, processes, threads, 16, args.ceiling_seconds),
@@ -234,17 +336,20 @@ def main():
                                                  args.ceiling_seconds)}
     best = {"single": max(ceilings["single, 1 per forward"], ceilings["single, 16 per forward"]),
             "multi": ceilings["multi, 16 per forward"]}
-    results = [batching_on, batching_off]
-    print(f"\nphotos: {len(photos)} ({len(small)} web-sized ones in the 16-image requests); "
-          f"{processes} workers x {threads} torch thread")
+    results = [ours, off, layout, *peers]
+    policy = f"level {level}" + (f", extra views below {confident_at:.0%} confidence" if confident_at else "")
+    print(f"\nphotos: {len(photos)} {args.photos} photos ({len(small)} in the 16-image requests); "
+          f"{processes} workers x {threads} torch thread; model {args.model}, TTA {policy}")
     print("in-process ceiling (decode + preprocess + forward, no HTTP, "
           f"{processes} processes x {threads} thread), images/s: "
           + ", ".join(f"{name}: {value:.1f}" for name, value in ceilings.items()))
-    for result in results:
+    for result in (ours, off, layout):
         print(f"batching {result['label']}: first prediction {result['first_prediction_s']:.1f} s after starting "
               f"gunicorn; worker restarts: {'yes' if result['worker_restarts'] else 'none'}")
     print()
     print(table(results, best))
+    print()
+    print(goals(ours, off, peers, best, policy))
     if args.json:
         Path(args.json).write_text(json.dumps({"ceilings": ceilings, "results": results}, indent=1))
 

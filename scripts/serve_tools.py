@@ -32,8 +32,16 @@ PHOTO_KINDS = [
     (1024, 768, "WEBP"), (1280, 960, "JPEG"), (1600, 1200, "PNG"), (2048, 1536, "JPEG"),
     (3024, 4032, "JPEG"), (4032, 3024, "JPEG"), (4032, 3024, "WEBP"),
 ]
-SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
-CONTENT_TYPE = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+# what clients mostly send (the serving goals are set on this mix): web-sized photos, 96 to 1024 px,
+# PNG, WebP, JPEG and CMYK JPEG (print-workflow files)
+CLIENT_KINDS = [
+    (96, 96, "PNG"), (128, 96, "JPEG"), (160, 120, "WEBP"), (256, 256, "CMYK"), (320, 240, "JPEG"),
+    (400, 300, "PNG"), (512, 384, "WEBP"), (600, 600, "JPEG"), (640, 480, "CMYK"), (800, 600, "WEBP"),
+    (1024, 768, "JPEG"), (768, 1024, "PNG"),
+]
+PHOTO_SETS = {"phone": PHOTO_KINDS, "client": CLIENT_KINDS}
+SUFFIX = {"JPEG": ".jpg", "CMYK": ".cmyk.jpg", "PNG": ".png", "WEBP": ".webp"}
+CONTENT_TYPE = {"JPEG": "image/jpeg", "CMYK": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
 # ---- photos ----
@@ -57,15 +65,18 @@ def render(small: Image.Image, width: int, height: int, fmt: str, seed: int) -> 
         pixels = pixels + np.random.default_rng(seed).integers(-4, 5, pixels.shape, dtype=np.int16)
         image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
     buffer = io.BytesIO()
-    image.save(buffer, fmt, **({"quality": 88} if fmt in ("JPEG", "WEBP") else {"compress_level": 6}))
+    if fmt == "CMYK":
+        image.convert("CMYK").save(buffer, "JPEG", quality=88)
+    else:
+        image.save(buffer, fmt, **({"quality": 88} if fmt in ("JPEG", "WEBP") else {"compress_level": 6}))
     return buffer.getvalue()
 
 
-def make_photos(rounds: int = 2, folder=None) -> list:
-    """[(path, format)] of `rounds` x PHOTO_KINDS photos, written once into a cache folder."""
-    folder = Path(folder or Path(tempfile.gettempdir()) / f"serve-photos-v{PHOTO_SET_VERSION}-{rounds}")
+def make_photos(rounds: int = 2, folder=None, kinds: str = "phone") -> list:
+    """[(path, format)] of `rounds` x PHOTO_SETS[kinds] photos, written once into a cache folder."""
+    folder = Path(folder or Path(tempfile.gettempdir()) / f"serve-photos-v{PHOTO_SET_VERSION}-{kinds}-{rounds}")
     folder.mkdir(parents=True, exist_ok=True)
-    wanted = [(i, kind) for i, kind in enumerate(PHOTO_KINDS * rounds)]
+    wanted = [(i, kind) for i, kind in enumerate(PHOTO_SETS[kinds] * rounds)]
     paths = [(folder / f"{i:03d}-{w}x{h}{SUFFIX[fmt]}", fmt) for i, (w, h, fmt) in wanted]
     if not all(path.is_file() for path, _ in paths):
         sources = source_images(len(wanted))

@@ -34,6 +34,11 @@ def full_card_parts():
     return {
         "name": "dash-test", "version": "full-1", "created": "2026-11-29T10:00:00+00:00", "tta": 2,
         "parameters": 1234567,
+        "serving": {"tta": {"level": 2, "confident_at": 0.9, "passes": 1.4321},
+                    "precision": {"cpu": {"dtype": "bf16", "passed": True, "agreement": 0.9987, "accuracy": 0.8768,
+                                          "accuracy_fp32": 0.8772, "why": None},
+                                  "cuda": {"dtype": "fp16", "passed": False, "agreement": 0.97,
+                                           "why": "top-1 agreement 97.00% < 99.5%"}}},
         "hyperparameters": {"epochs": 3, "lr": 0.25, "note": "<script>alert(1)</script>"},
         "data": {"source": "image-folder:data", "eval_split": "validation", "train_images": 4500,
                  "eval_images": 555, "train_per_class": {c: 400 + 10 * i for i, c in enumerate(CLASSES)},
@@ -201,7 +206,9 @@ def test_model_card_facts_and_escaped_hyperparameters(page):
     card = section(page, "model-card")
     for text in ("airnet(widths=[8, 16, 16])", "1,234,567", "2 min 05 s", "cuda", "torch.bfloat16",
                  "image-folder:data", "held out with seed 7", "python 3.11.7, torch 2.14.1", "full-1",
-                 "2026-11-29T10:00:00+00:00"):
+                 "2026-11-29T10:00:00+00:00", "level 2 for photos under 90% confidence after one pass",
+                 "1.43 passes per photo", "bf16: top-1 agreement with fp32 99.87%, accuracy 87.68% (fp32 87.72%)",
+                 "fp32 (fp16 refused: top-1 agreement 97.00% &lt; 99.5%)"):
         assert text in card, text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in card and "<script>" not in card
 

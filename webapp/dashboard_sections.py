@@ -227,7 +227,8 @@ def facts(card, model):
         ("Parameters", num(card["parameters"]) if "parameters" in card else None),
         ("Classes", ", ".join(map(str, card.get("classes") or [])) or None),
         ("Input size", f"{card['input_size']} × {card['input_size']} pixels" if "input_size" in card else None),
-        ("Test-time augmentation", f"level {card['tta']}" if "tta" in card else None),
+        ("Test-time augmentation", _tta_text(card)),
+        *_serving_precision_facts(card),
         *_training_facts(card.get("training") or {}),
         ("Data source", (card.get("data") or {}).get("source")),
         ("Split", _split_text(card["data"]) if card.get("data") else None),
@@ -235,6 +236,25 @@ def facts(card, model):
         ("Weights SHA-256", card.get("weights_sha256")),
     ]
     return [(term, str(value)) for term, value in pairs if value not in (None, "")]
+
+
+def _tta_text(card) -> str:
+    policy = (card.get("serving") or {}).get("tta")
+    if policy and policy.get("confident_at") is not None:
+        return (f"level {policy['level']} for photos under {policy['confident_at']:.0%} confidence after one pass "
+                f"({policy['passes']:.2f} passes per photo on validation)")
+    if policy:
+        return f"level {policy['level']}"
+    return f"level {card['tta']}" if "tta" in card else None
+
+
+def _serving_precision_facts(card) -> list:
+    """One line per device kind the precision gate was measured on."""
+    gates = (card.get("serving") or {}).get("precision") or {}
+    return [(f"Serving precision ({device})",
+             f"{gate['dtype']}: top-1 agreement with fp32 {gate['agreement']:.2%}, accuracy "
+             f"{gate['accuracy']:.2%} (fp32 {gate['accuracy_fp32']:.2%})" if gate["passed"]
+             else f"fp32 ({gate['dtype']} refused: {gate['why']})") for device, gate in sorted(gates.items())]
 
 
 def _training_facts(training: dict) -> list:
