@@ -75,7 +75,9 @@ def summary(card, model):
 def user_photos(card, model):
     """How the version did on the evaluation part of reviewed user feedback when it was trained
     (webapp.versions.record_feedback), and how many feedback photos it trained on."""
-    section = card["feedback"]
+    section = card.get("feedback")
+    if section is None:
+        return None
     measure = section.get("eval") or {}
     return {"trained_on": int(section.get("trained_on") or 0), "images": measure.get("images"),
             "known_images": measure.get("known_images"), "accuracy": finite(measure.get("accuracy")),
