@@ -226,9 +226,9 @@ def test_delete_for_good_removes_the_photo_and_its_copies(app, client):
 def test_export_is_an_image_folder_zip_of_the_accepted(app, client):
     ids = [send(client, photo((i * 40, 90, 10)), label=label).json["id"]
            for i, label in enumerate(["cat", "cat", "ship", "none", "dog"])]
-    with app.test_request_context():
-        feedback.review(ids[:4], "accepted")
-        feedback.review(ids[4:], "rejected")
+    with app.app_context():
+        feedback.review(ids[:4], "accepted", [])
+        feedback.review(ids[4:], "rejected", [])
     login(client)
     response = client.get("/admin/feedback/export.zip")
     assert response.status_code == 200 and response.mimetype == "application/zip"

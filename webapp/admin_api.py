@@ -6,6 +6,7 @@ from flask import Blueprint, jsonify, request
 from webapp import feedback, jobs, versions
 from webapp.auth import token_required
 from webapp.errors import AppError
+from webapp.serving import current_predictor
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
 
@@ -63,7 +64,7 @@ def review_feedback(item_id):
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise AppError(400, "bad_request", 'the request body must be a JSON object like {"status": "accepted"}')
-    return jsonify(feedback.review([item_id], data.get("status"), data.get("label"))[0])
+    return jsonify(feedback.review([item_id], data.get("status"), current_predictor().classes, data.get("label"))[0])
 
 
 @bp.delete("/feedback/<int:item_id>")

@@ -44,7 +44,7 @@ def review():
         flash(f"Deleted {len(ids)} photo(s) for good.", "info")
     elif action in ACTIONS:
         label = request.form.get("new_label") if action == "relabel" else None
-        feedback.review(ids, ACTIONS[action], label)
+        feedback.review(ids, ACTIONS[action], current_predictor().classes, label)
         flash(f"{len(ids)} photo(s) {ACTIONS[action]}{' as ' + label if label else ''}.", "info")
     else:
         flash("Choose accept, relabel, reject or delete.", "error")

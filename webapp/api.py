@@ -6,7 +6,7 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify
 
-from webapp import feedback
+from webapp import feedback_intake
 from webapp.request_photos import RequestError, classify_request, model_identity
 from webapp.serving import current_predictor
 
@@ -45,7 +45,7 @@ def torchserve_predict(model_name):
 @bp.post("/api/v1/feedback")
 def send_feedback():
     """A user's correction of a prediction, with the photo: stored (re-encoded) for review."""
-    item_id, created = feedback.submit()
+    item_id, created = feedback_intake.submit()
     return jsonify(id=item_id, duplicate=not created), 201 if created else 200
 
 

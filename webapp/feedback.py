@@ -1,41 +1,30 @@
 """Photos users sent to correct a prediction: the only photos this product ever keeps.
 
 A feedback item is one row of the admin database's `feedback` table and two files in
-<instance>/feedback: `<hash>.jpg`, the photo re-encoded here from its pixels (so no EXIF, GPS or
-other metadata of the upload survives; longest side at most PHOTO_MAX_SIDE), and `<hash>.png`, the
-32x32 input the model saw, decoded exactly as a prediction decodes it. The hash is of the
-re-encoded pixels, so the same photo sent twice is one item. Items are reviewed by an admin
-(accepted, relabelled, rejected, deleted for good) and the accepted ones are split by hash into a
-training part and an evaluation part, which jobs snapshot (see `snapshot`).
+<instance>/feedback: `<hash>.jpg`, the photo re-encoded from its pixels (so no EXIF, GPS or other
+metadata of the upload survives; longest side at most 512 px), and `<hash>.png`, the 32x32 input
+the model saw, decoded exactly as a prediction decodes it; webapp.feedback_intake receives them.
+The hash is of the re-encoded pixels, so the same photo sent twice is one item. Items are reviewed
+by an admin (accepted, relabelled, rejected, deleted for good) and the accepted ones are split by
+hash into a training part and an evaluation part, which jobs snapshot (see `snapshot`).
 """
 
-import hashlib
 import io
-import os
 import shutil
 import time
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-from flask import current_app, request
-from PIL import Image
+from flask import current_app
 
-from ml.images import open_image, to_rgb
-from webapp.auth import client_address
 from webapp.db import database, write_transaction
 from webapp.errors import AppError
-from webapp.request_photos import RequestError, check_count, collect_files, decode_all
-from webapp.serving import current_predictor
 
 NONE = "none"                  # the label of "none of these"
 STATUSES = ("pending", "accepted", "rejected")
 REVIEWED = ("accepted", "rejected")
-PHOTO_MAX_SIDE = 512
-JPEG_QUALITY = 90
 EVAL_ONE_IN = 5                # one accepted item in five (by hash) is only ever used for evaluation
-MAX_FIELD = 100
 FOLDER = "feedback"
 
 
@@ -57,108 +46,10 @@ def split_of(digest: str) -> str:
     return "eval" if int(digest[:8], 16) % EVAL_ONE_IN == 0 else "train"
 
 
-# ---- receiving ----
-
-def _wait_s(conn, client) -> int:
-    """Seconds before `client` may send feedback again (0: now)."""
-    config = current_app.config
-    window = float(config["FEEDBACK_WINDOW_S"])
-    conn.execute("DELETE FROM feedback_sends WHERE at < ?", (time.time() - window,))
-    rows = conn.execute("SELECT at FROM feedback_sends WHERE client = ? ORDER BY at", (client,)).fetchall()
-    if len(rows) < int(config["FEEDBACK_MAX_SENDS"]):
-        return 0
-    return max(1, int(rows[0]["at"] + window - time.time()) + 1)
-
-
-def check_rate(conn, client):
-    wait = _wait_s(conn, client)
-    if wait:
-        raise FeedbackError(429, "too_many_requests",
-                            f"too much feedback from this address; try again in {wait} seconds")
-
-
-def _field(name, required=False) -> str | None:
-    value = (request.form.get(name) or "").strip()
-    if required and not value:
-        raise FeedbackError(400, "bad_request", f"the field '{name}' is missing")
-    if len(value) > MAX_FIELD or not value.isprintable():
-        raise FeedbackError(400, "bad_request", f"the field '{name}' must be a short line of text")
-    return value or None
-
-
 def check_label(label, classes) -> str:
     if label not in (*classes, NONE):
         raise FeedbackError(400, "bad_label", f"label must be one of {', '.join(classes)} or '{NONE}', not {label!r}")
     return label
-
-
-def reencode(data: bytes, max_pixels: int) -> tuple:
-    """(JPEG bytes, hash): the photo rebuilt from its pixels (orientation applied, alpha on white),
-    longest side at most PHOTO_MAX_SIDE; nothing of the uploaded file but its pixels survives."""
-    image = open_image(data, max_pixels)
-    try:
-        if image.format == "JPEG":
-            image.draft("RGB", (2 * PHOTO_MAX_SIDE, 2 * PHOTO_MAX_SIDE))  # a large photo decodes small
-        image.seek(0)
-        image.load()
-        rgb = to_rgb(image)
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise RequestError(400, "corrupt_image", f"the image cannot be read: {error}") from None
-    rgb.thumbnail((PHOTO_MAX_SIDE, PHOTO_MAX_SIDE), Image.LANCZOS)
-    pixels = np.asarray(rgb, dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=JPEG_QUALITY)
-    digest = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
-    return buffer.getvalue(), digest
-
-
-def _png(array) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def submit() -> tuple:
-    """Store the current request's photo as feedback; returns (item id, created). Every check
-    (rate, fields, count, size, format, decoding) runs before anything is written."""
-    client = client_address()
-    with _db() as conn:
-        check_rate(conn, client)
-    files = collect_files(("image",))
-    check_count(files, 1)  # one photo, one claimed label
-    predictor = current_predictor()
-    label = check_label(_field("label", required=True), predictor.classes)
-    predicted, version = _field("predicted"), _field("version")
-    array = decode_all(predictor, files)[0]  # the 32x32 input, exactly as a prediction decodes it
-    photo, digest = reencode(files[0][1], predictor.max_pixels)
-    return _store(client, digest, photo, _png(array), (label, predicted, version))
-
-
-def _store(client, digest, photo, model_input, fields) -> tuple:
-    """Write the files (by hash: a duplicate rewrites the same bytes), then the row; a duplicate
-    only counts one more send."""
-    root = folder()
-    root.mkdir(exist_ok=True)
-    _write_atomic(root / f"{digest}.jpg", photo)
-    _write_atomic(root / f"{digest}.png", model_input)
-    with _db() as conn, write_transaction(conn):
-        check_rate(conn, client)  # again under the write lock: concurrent sends cannot slip past
-        conn.execute("INSERT INTO feedback_sends (client, at) VALUES (?, ?)", (client, time.time()))
-        row = conn.execute("SELECT id FROM feedback WHERE hash = ?", (digest,)).fetchone()
-        if row:
-            conn.execute("UPDATE feedback SET sends = sends + 1 WHERE id = ?", (row["id"],))
-            return row["id"], False
-        label, predicted, version = fields
-        item_id = conn.execute("INSERT INTO feedback (hash, claimed, label, predicted, version, created) "
-                               "VALUES (?, ?, ?, ?, ?, ?)",
-                               (digest, label, label, predicted, version, time.time())).lastrowid
-        return item_id, True
 
 
 # ---- reading ----
@@ -206,12 +97,13 @@ def photo_path(item_id, kind="jpg") -> Path:
 
 # ---- reviewing ----
 
-def review(item_ids, status, label=None) -> list:
-    """Accept or reject items, relabelling them when `label` is given; returns them."""
+def review(item_ids, status, classes, label=None) -> list:
+    """Accept or reject items, relabelling them when `label` (one of `classes` or "none") is
+    given; returns them."""
     if status not in REVIEWED:
         raise FeedbackError(400, "bad_request", f"status must be one of {', '.join(REVIEWED)}")
     if label is not None:
-        check_label(label, current_predictor().classes)
+        check_label(label, classes)
     items = [get(i) for i in item_ids]  # 404 before any change
     with _db() as conn, write_transaction(conn):
         for item in items:

@@ -3,12 +3,12 @@ script sends feedback to /api/v1/feedback instead): the same checks, a page as t
 
 from flask import Blueprint, render_template
 
-from webapp import feedback
+from webapp import feedback_intake
 
 bp = Blueprint("feedback_page", __name__)
 
 
 @bp.post("/feedback")
 def send():
-    _, created = feedback.submit()
+    _, created = feedback_intake.submit()
     return render_template("feedback_sent.html", created=created), 201 if created else 200
