@@ -195,6 +195,7 @@ def test_review_page_needs_login_and_csrf(app, client):
         [("accepted", "ship"), ("accepted", "ship"), ("rejected", "cat")]
     page = client.get("/admin/feedback?status=accepted&label=ship").get_data(as_text=True)
     assert page.count('name="ids"') == 2 and 'accesskey="a"' in page and "(user said cat)" in page
+    assert '<option value="none">none</option>' in page and "None" not in page
 
 
 def test_photos_are_served_to_the_admin_as_inert_images(app, client):

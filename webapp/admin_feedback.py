@@ -25,7 +25,7 @@ def _no_store(response):
 def gallery():
     status, label = request.args.get("status") or None, request.args.get("label") or None
     return render_template("admin_feedback.html", items=feedback.list_items(status, label),
-                           classes=current_predictor().classes, none=feedback.NONE,
+                           classes=current_predictor().classes, none_label=feedback.NONE,
                            statuses=feedback.STATUSES, status=status, label=label)
 
 
