@@ -59,7 +59,6 @@ def photo(item_id, kind):
     response = send_file(feedback.photo_path(item_id, kind), mimetype=PHOTO_TYPES[kind],
                          download_name=f"feedback-{item_id}.{kind}")
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    response.headers["Content-Disposition"] = f"inline; filename=feedback-{item_id}.{kind}"
     return response
 
 

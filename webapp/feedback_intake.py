@@ -100,12 +100,8 @@ def submit() -> tuple:
 
 
 def _store(client, digest, photo, model_input, fields) -> tuple:
-    """Write the files (by hash: a duplicate rewrites the same bytes), then the row; a duplicate
-    only counts one more send."""
-    root = folder()
-    root.mkdir(exist_ok=True)
-    _write_atomic(root / f"{digest}.jpg", photo)
-    _write_atomic(root / f"{digest}.png", model_input)
+    """The row and, for a new photo, its two files, all under the database's write lock (so a
+    send refused by the rate limit there writes nothing); a duplicate only counts one more send."""
     with database(current_app.instance_path) as conn, write_transaction(conn):
         check_rate(conn, client)  # again under the write lock: concurrent sends cannot slip past
         conn.execute("INSERT INTO feedback_sends (client, at) VALUES (?, ?)", (client, time.time()))
@@ -113,6 +109,10 @@ def _store(client, digest, photo, model_input, fields) -> tuple:
         if row:
             conn.execute("UPDATE feedback SET sends = sends + 1 WHERE id = ?", (row["id"],))
             return row["id"], False
+        root = folder()
+        root.mkdir(exist_ok=True)
+        _write_atomic(root / f"{digest}.jpg", photo)
+        _write_atomic(root / f"{digest}.png", model_input)
         label, predicted, version = fields
         item_id = conn.execute("INSERT INTO feedback (hash, claimed, label, predicted, version, created) "
                                "VALUES (?, ?, ?, ?, ?, ?)",
