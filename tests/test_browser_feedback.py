@@ -5,7 +5,7 @@ re-encoded photo and accepts it with the keyboard."""
 import pytest
 
 from admin_support import PASSWORD, TOKEN
-from conftest import start_server, stop_server
+from conftest import screenshot_path, start_server, stop_server
 from web_samples import encode, noise_image
 
 pytestmark = pytest.mark.slow
@@ -47,6 +47,7 @@ def test_a_user_corrects_a_prediction_and_an_admin_accepts_it(page, server, tmp_
     form.locator("select[name=label]").select_option("ship")
     form.locator("button:has-text('Send photo and answer')").click()
     form.locator(".feedback-status:has-text('Thank you')").wait_for(timeout=30_000)
+    page.screenshot(path=screenshot_path("feedback-sent.png"), full_page=True)
 
     page.goto(server + "/admin/feedback")
     page.fill("#password", PASSWORD)
@@ -63,6 +64,7 @@ def test_a_user_corrects_a_prediction_and_an_admin_accepts_it(page, server, tmp_
     page.locator("button[accesskey=a]").focus()
     page.keyboard.press("Enter")
     page.locator(".info:has-text('accepted')").wait_for(timeout=10_000)
+    page.screenshot(path=screenshot_path("feedback-review.png"), full_page=True)
     page.select_option("#filter-status", "accepted")
     page.click("button:has-text('Filter')")
     assert "accepted" in page.locator(".feedback-item").inner_text()
