@@ -246,6 +246,21 @@ def load_dataset(root, val_size: int = DEFAULT_VAL_SIZE, split_seed: int = DEFAU
     return dataset
 
 
+def with_extra_training_images(dataset: Dataset, root) -> Dataset:
+    """`dataset` with the class folders under `root` (e.g. reviewed user photos) appended to its
+    training split; their class names must be the dataset's. Evaluation is unchanged, so the
+    validation accuracy of a run with extra images compares with one without."""
+    listing = _list_image_folder(Path(root))
+    unknown = sorted({name for name, _ in listing} - set(dataset.classes))
+    if unknown:
+        raise ValueError(f"{root}: classes {unknown} are not in this dataset ({dataset.classes})")
+    if not listing:
+        return dataset
+    extra = _decode_folder(listing, dataset.classes)
+    train = Split(torch.cat([dataset.train.images, extra.images]), torch.cat([dataset.train.labels, extra.labels]))
+    return Dataset(train, dataset.val, dataset.classes, dataset.val_name, dataset.source, dataset.unknown_val)
+
+
 # ---- on-device batch pipeline ----
 
 def normalize(images: torch.Tensor, mean=CIFAR_MEAN, std=CIFAR_STD) -> torch.Tensor:

@@ -29,14 +29,15 @@ from ml.augment import cached_client_bank, client_mix, training_inputs
 from ml.calibrate import calibrated_report, fit_novelty_and_measure
 from ml.card import make_card, weights_digest
 from ml.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from ml.data import CIFAR_MEAN, CIFAR_STD, alternating_flip, iterate_batches, load_dataset, normalize
+from ml.data import (CIFAR_MEAN, CIFAR_STD, alternating_flip, iterate_batches, load_dataset, normalize,
+                     with_extra_training_images)
 from ml.device import autocast, pick_amp_dtype, pick_device
 from ml.distributed import (StopFlag, distributed_info, finish_distributed, init_distributed, stop_agreed,
                             sync_buffers, wait_for_all)
 from ml.download import DownloadError, download_cifar10
 from ml.evaluate import predict_logits, report_from_logits, serving_section
 from ml.libc import keep_freed_memory
-from ml.modelfile import gallery_files, write_model_dir
+from ml.modelfile import gallery_files, load_model_dir, read_card, write_model_dir
 from ml.models import build_model, count_parameters
 from ml.optim import Lookahead, lr_factor, make_optimizer, set_lr
 from ml.presets import PRESETS, add_hyperparameter_flags, arch_kwargs, preset_with_flags
@@ -46,14 +47,34 @@ from ml.serving_policy import merged
 EXIT_STOPPED = 3  # stopped by SIGTERM/SIGINT after writing a resume checkpoint
 WHITENING_IMAGES = 5000       # training images used to estimate the patch covariance
 NORM = (CIFAR_MEAN, CIFAR_STD)
+FINETUNE_EPOCHS = 2           # --init-from: a short schedule from trained weights (minutes on a CPU)
+FINETUNE_LR_SCALE = 0.1       # and smaller steps, so the trained weights are adjusted rather than retrained
 
 
 def resolve_config(args) -> dict:
     """The run's full settings: the preset with the flags given, then seed, data and split."""
     config = preset_with_flags(args)
     config.update(seed=args.seed, limit=args.limit, val_size=args.val_size, split_seed=args.split_seed,
-                  data=str(args.data), classes=args.classes)
+                  data=str(args.data), classes=args.classes,
+                  extra_data=str(args.extra_data) if args.extra_data else None, init_from=None)
+    if args.init_from:
+        fine_tuning(config, args)
     return config
+
+
+def fine_tuning(config, args):
+    """--init-from: the model folder's architecture (its weights must fit) and, unless --epochs and
+    --lr say otherwise, a short schedule at a tenth of the preset's learning rates. The whitening
+    layer's bias was trained already, so it stays as it is."""
+    card = read_card(args.init_from)
+    config.update(arch=card["arch"]["name"], widths=card["arch"].get("kwargs", {}).get("widths"),
+                  whiten_bias_epochs=0, init_from=str(args.init_from))
+    if args.epochs is None:
+        config["epochs"] = min(config["epochs"], FINETUNE_EPOCHS)
+    if args.lr is None:
+        config["lr"] *= FINETUNE_LR_SCALE
+    if args.muon_lr is None:
+        config["muon_lr"] *= FINETUNE_LR_SCALE
 
 
 def train_step(model, optimizer, scaler, images, labels, config, generator, amp_dtype):
@@ -129,11 +150,23 @@ def train_one_epoch(model, split, config, state: TrainState, device, amp_dtype, 
     return (*meter.result(), False)
 
 
-def new_state(config, dataset, device, amp_dtype) -> TrainState:
-    """A fresh model (whitening fitted on training patches), its optimizer, scaler and lookahead."""
+def initial_model(config, dataset):
+    """The --init-from model's trained weights, else a fresh model (airnet's whitening fitted on
+    training patches)."""
     model = build_model(config["arch"], num_classes=len(dataset.classes), **arch_kwargs(config))
-    if config["arch"] == "airnet":
+    if config.get("init_from"):
+        trained, card = load_model_dir(config["init_from"])
+        if card["classes"] != list(dataset.classes):
+            raise ValueError(f"--init-from {config['init_from']} knows {card['classes']}, the data {dataset.classes}")
+        model.load_state_dict(trained.state_dict())
+    elif config["arch"] == "airnet":
         model.init_whitening(normalize(dataset.train.images[:WHITENING_IMAGES]))
+    return model
+
+
+def new_state(config, dataset, device, amp_dtype) -> TrainState:
+    """The model to train (initial_model), its optimizer, scaler and lookahead."""
+    model = initial_model(config, dataset)
     model = model.to(device, memory_format=torch.channels_last)
     return TrainState(model, make_optimizer(model, config),
                       torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
@@ -171,6 +204,9 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
         wait_for_all(world)
     dataset = load_dataset(config["data"], val_size=config["val_size"], split_seed=config["split_seed"],
                            limit=config["limit"])
+    base_train_images = len(dataset.train)
+    if config.get("extra_data"):
+        dataset = with_extra_training_images(dataset, config["extra_data"])
     if world > 1 and config["batch_size"] % world:
         raise ValueError(f"batch size {config['batch_size']} is not divisible by {world} processes")
     client_bank = cached_client_bank(dataset.train.images, Path(config["data"]) / ".cache", config["seed"]) \
@@ -225,6 +261,7 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
     if rank == 0:
         card = make_card(model, config, dataset, report, state.history, train_seconds,
                          state.eval_seconds, time.perf_counter() - wall_start, device, amp_dtype, world)
+        card["data"]["extra_images"] = len(dataset.train) - base_train_images if config.get("extra_data") else 0
         card, novelty_files = fit_novelty_and_measure(model, dict(card, temperature=temperature), dataset,
                                                       device, val_logits, val_features, config["data"], suite)
         # the precision and TTA policy the server will use, measured here (speeds: ml.evaluate)
@@ -262,6 +299,13 @@ def build_parser():
     p.add_argument("--val-size", type=int, default=5000, help="images held out for validation")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    p.add_argument("--extra-data", default=None,
+                   help="image folder (<class>/*.png) added to the training images, e.g. reviewed user "
+                        "photos; evaluation is unchanged (default: none)")
+    p.add_argument("--init-from", default=None,
+                   help="model folder to start from: its architecture and weights, and unless --epochs/--lr "
+                        f"are given {FINETUNE_EPOCHS} epochs at {FINETUNE_LR_SCALE}x the preset's learning "
+                        "rates (default: a fresh model)")
     add_hyperparameter_flags(p)
     return p
 

@@ -120,6 +120,8 @@
         return null;
       }
       showPrediction(card, data.predictions[0], data.model);
+      // static/feedback.js adds "Wrong? Tell us what it is" with this very file
+      card.dispatchEvent(new CustomEvent("classified", { bubbles: true, detail: { file: file, prediction: data.predictions[0], model: data.model } }));
       return data.predictions[0];
     } catch (error) {
       showCardError(card, "The server could not be reached; try again.");

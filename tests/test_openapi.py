@@ -106,11 +106,30 @@ def check_admin_api(call):
     call("POST", "/api/v1/admin/versions/nope/activate", 404, admin=True)
 
 
+def check_feedback_api(call):
+    form = photo_form()
+    form["data"].update(label="cat", predicted="dog", version="test-1")
+    sent = call("POST", "/api/v1/feedback", 201, **form)
+    call("POST", "/api/v1/feedback", 200, **dict(photo_form(), data=dict(photo_form()["data"], label="cat")))
+    call("POST", "/api/v1/feedback", 400, **dict(photo_form(), data=dict(photo_form()["data"], label="unicorn")))
+    call("POST", "/api/v1/feedback", 415, **dict(photo_form(data=b"not a photo"),
+                                                  data=dict(photo_form(data=b"not a photo")["data"], label="cat")))
+    call("GET", "/api/v1/admin/feedback", 401)
+    call("GET", "/api/v1/admin/feedback?status=pending", 200, admin=True)
+    call("GET", "/api/v1/admin/feedback?status=maybe", 400, admin=True)
+    call("POST", f"/api/v1/admin/feedback/{sent['id']}", 200, admin=True, json={"status": "accepted", "label": "dog"})
+    call("POST", f"/api/v1/admin/feedback/{sent['id']}", 400, admin=True, json={"status": "perhaps"})
+    call("POST", "/api/v1/admin/feedback/999", 404, admin=True, json={"status": "rejected"})
+    call("DELETE", f"/api/v1/admin/feedback/{sent['id']}", 204, admin=True)
+    call("DELETE", f"/api/v1/admin/feedback/{sent['id']}", 404, admin=True)
+
+
 def test_every_json_route_is_documented_and_answers_as_documented(app):
     assert json_routes(app) == documented_operations()
     call = Checked(app)
     check_public_api(call, app)
     check_admin_api(call)
+    check_feedback_api(call)
     assert call.answered == documented_operations()
 
 

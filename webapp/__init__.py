@@ -33,6 +33,10 @@ SETTINGS = (
     ("LOGIN_MAX_FAILURES", 5, int),        # failed admin logins per client within LOGIN_WINDOW_S
     ("LOGIN_WINDOW_S", 300, float),
     ("PROMOTION_MARGIN", 0.0, float),      # a new version goes live if its accuracy >= active's - margin
+    ("FEEDBACK_MARGIN", 0.0, float),       # ... and its accuracy on users' photos >= active's - this
+    ("UNRECOGNISED_MARGIN", 0.0, float),   # ... and its not-recognised rate on them <= active's + this
+    ("FEEDBACK_MAX_SENDS", 30, int),       # feedback photos per client within FEEDBACK_WINDOW_S
+    ("FEEDBACK_WINDOW_S", 3600, float),
     ("TRAIN_DATA", str(PROJECT_ROOT / "data"), str),  # the "default" data source of retraining jobs
     ("TRAIN_NPROC", 1, int),               # >1: jobs run under torchrun with this many processes
     ("TRAIN_THREADS", None, int),          # torch threads of a training job (unset: all cores)
@@ -78,8 +82,8 @@ def create_app(test_config=None):
     # and torch and prometheus_client must first be imported in the workers, after fork.
     from flask_wtf.csrf import CSRFProtect
 
-    from webapp import (admin, admin_api, api, auth, batching, dashboard, errors, formatting, metrics,
-                        request_photos, security, upload)
+    from webapp import (admin, admin_api, admin_feedback, api, auth, batching, dashboard, errors, feedback_page,
+                        formatting, metrics, request_photos, security, upload)
 
     app = Flask(__name__, instance_path=instance_path(test_config), instance_relative_config=True,
                 template_folder=str(PROJECT_ROOT / "templates"), static_folder=str(PROJECT_ROOT / "static"))
@@ -88,7 +92,7 @@ def create_app(test_config=None):
     app.request_class = request_photos.InMemoryRequest  # uploads are never spooled to disk
 
     csrf = CSRFProtect(app)  # every HTML form POST needs a token; JSON APIs are exempt below
-    for blueprint in (upload.bp, dashboard.bp, admin.bp):
+    for blueprint in (upload.bp, feedback_page.bp, dashboard.bp, admin.bp, admin_feedback.bp):
         app.register_blueprint(blueprint)
     for blueprint in (api.bp, admin_api.bp):  # authorised by bearer token or stateless, not cookies
         csrf.exempt(blueprint)

@@ -1,9 +1,10 @@
 """Admin pages under /admin (session login, CSRF on every form): the job list and model versions,
-the new-job form, the live job page and the JSON it polls."""
+the new-job form (optionally fine-tuning a version, with reviewed user photos), the live job page
+and the JSON it polls."""
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 
-from webapp import auth, jobs, versions
+from webapp import auth, feedback, jobs, versions
 from webapp.serving import serving_status
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -50,8 +51,14 @@ def home():
 @bp.get("/jobs/new")
 @auth.login_required
 def new_job():
+    return job_form({}, None)
+
+
+def job_form(form, error):
+    """The new-job form, with what was entered and why it was refused."""
     return render_template("admin_job_new.html", sources=jobs.data_sources(), presets=jobs.preset_summaries(),
-                           form={}, error=None, running=jobs.active_job())
+                           versions=versions.store().list(), feedback_counts=feedback.accepted_counts(),
+                           form=form, error=error, running=jobs.active_job())
 
 
 @bp.post("/jobs")
@@ -61,8 +68,7 @@ def start_job():
     try:
         job = jobs.start(form)
     except jobs.JobError as error:
-        return render_template("admin_job_new.html", sources=jobs.data_sources(), presets=jobs.preset_summaries(),
-                               form=form, error=str(error), running=jobs.active_job()), error.status
+        return job_form(form, str(error)), error.status
     return redirect(url_for("admin.job_page", job_id=job["id"]))
 
 

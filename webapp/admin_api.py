@@ -3,9 +3,10 @@
 
 from flask import Blueprint, jsonify, request
 
-from webapp import jobs, versions
+from webapp import feedback, jobs, versions
 from webapp.auth import token_required
 from webapp.errors import AppError
+from webapp.serving import current_predictor
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
 
@@ -48,3 +49,26 @@ def list_versions():
 @token_required
 def activate_version(version_id):
     return jsonify(versions.store().activate(version_id))
+
+
+@bp.get("/feedback")
+@token_required
+def list_feedback():
+    return jsonify({"items": feedback.list_items(request.args.get("status") or None,
+                                                 request.args.get("label") or None)})
+
+
+@bp.post("/feedback/<int:item_id>")
+@token_required
+def review_feedback(item_id):
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise AppError(400, "bad_request", 'the request body must be a JSON object like {"status": "accepted"}')
+    return jsonify(feedback.review([item_id], data.get("status"), current_predictor().classes, data.get("label"))[0])
+
+
+@bp.delete("/feedback/<int:item_id>")
+@token_required
+def delete_feedback(item_id):
+    feedback.delete([item_id])
+    return "", 204

@@ -1,11 +1,12 @@
-"""JSON API: predictions (own shape and TorchServe's), the active model, health and readiness,
-and the OpenAPI document describing all of it (webapp/openapi.json)."""
+"""JSON API: predictions (own shape and TorchServe's), feedback on a prediction, the active model,
+health and readiness, and the OpenAPI document describing all of it (webapp/openapi.json)."""
 
 import json
 from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify
 
+from webapp import feedback_intake
 from webapp.request_photos import RequestError, classify_request, model_identity
 from webapp.serving import current_predictor
 
@@ -39,6 +40,13 @@ def torchserve_predict(model_name):
     scores = {entry["label"]: entry["probability"] for entry in items[0][2]["top"]}
     # json.dumps keeps the ranking order that jsonify would sort away
     return current_app.response_class(json.dumps(scores), mimetype="application/json")
+
+
+@bp.post("/api/v1/feedback")
+def send_feedback():
+    """A user's correction of a prediction, with the photo: stored (re-encoded) for review."""
+    item_id, created = feedback_intake.submit()
+    return jsonify(id=item_id, duplicate=not created), 201 if created else 200
 
 
 @bp.get("/api/v1/model")

@@ -105,7 +105,7 @@ def _db():
     return database(current_app.instance_path)
 
 
-def _client() -> str:
+def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
@@ -115,7 +115,7 @@ def throttle_wait() -> int:
     with _db() as conn:
         conn.execute("DELETE FROM login_failures WHERE at < ?", (time.time() - window,))
         rows = conn.execute("SELECT at FROM login_failures WHERE client = ? ORDER BY at",
-                            (_client(),)).fetchall()
+                            (client_address(),)).fetchall()
     if len(rows) < int(current_app.config["LOGIN_MAX_FAILURES"]):
         return 0
     return max(1, int(rows[0]["at"] + window - time.time()) + 1)
@@ -123,12 +123,12 @@ def throttle_wait() -> int:
 
 def record_failure():
     with _db() as conn:
-        conn.execute("INSERT INTO login_failures (client, at) VALUES (?, ?)", (_client(), time.time()))
+        conn.execute("INSERT INTO login_failures (client, at) VALUES (?, ?)", (client_address(), time.time()))
 
 
 def clear_failures():
     with _db() as conn:
-        conn.execute("DELETE FROM login_failures WHERE client = ?", (_client(),))
+        conn.execute("DELETE FROM login_failures WHERE client = ?", (client_address(),))
 
 
 # ---- sessions and guards ----

@@ -31,6 +31,9 @@ def _stored_label(item: dict) -> str:
     accuracy = (item.get("metrics") or {}).get("accuracy")
     if finite(accuracy) is not None:
         parts.append(f"{pct(accuracy)} accurate")
+    users = (item.get("user_photos") or {}).get("accuracy")
+    if finite(users) is not None:
+        parts.append(f"{pct(users)} on users' photos")
     if item.get("created"):
         parts.append(str(item["created"])[:16].replace("T", " "))
     return " · ".join(parts) + (" (active)" if item["active"] else "")

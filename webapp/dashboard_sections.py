@@ -43,8 +43,8 @@ def gallery_file(model_path, name: str):
 
 def dashboard_view(card: dict, model: ModelVersion) -> dict:
     """Everything the page shows, one entry per section; None for a part the card lacks."""
-    builders = {"identity": identity, "summary": summary, "robustness": robustness, "novelty": novelty,
-                "per_class": per_class, "confusion": confusion,
+    builders = {"identity": identity, "summary": summary, "user_photos": user_photos, "robustness": robustness,
+                "novelty": novelty, "per_class": per_class, "confusion": confusion,
                 "history": history, "calibration": calibration, "misclassified": misclassified,
                 "dataset": dataset, "samples": samples, "facts": facts, "hyperparameters": hyperparameters}
     return {name: _section(name, builder, card, model) for name, builder in builders.items()}
@@ -70,6 +70,19 @@ def summary(card, model):
     return {"accuracy": float(report["accuracy"]), "loss": report.get("loss"), "ece": report.get("ece"),
             "split": str(report.get("split") or "validation"), "images": report.get("images"),
             "tta": tta, "tta_text": TTA_LEVELS.get(tta, "")}
+
+
+def user_photos(card, model):
+    """How the version did on the evaluation part of reviewed user feedback when it was trained
+    (webapp.versions.record_feedback), and how many feedback photos it trained on."""
+    section = card.get("feedback")
+    if section is None:
+        return None
+    measure = section.get("eval") or {}
+    return {"trained_on": int(section.get("trained_on") or 0), "images": measure.get("images"),
+            "known_images": measure.get("known_images"), "accuracy": finite(measure.get("accuracy")),
+            "not_recognised_rate": finite(measure.get("not_recognised_rate")),
+            "none_caught_rate": finite(measure.get("none_caught_rate"))}
 
 
 def robustness(card, model):

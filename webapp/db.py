@@ -1,6 +1,7 @@
 """The admin database: one SQLite file in the instance folder (WAL mode), shared by every gunicorn
 worker and by the job runner processes. Holds training jobs, their metrics and log lines, and
-failed login attempts (so throttling works across workers)."""
+failed login attempts (so throttling works across workers), and the photos users sent as feedback
+(their files live in <instance>/feedback, see webapp/feedback.py)."""
 
 import sqlite3
 from contextlib import closing, contextmanager
@@ -35,6 +36,19 @@ CREATE TABLE IF NOT EXISTS log_lines (
 CREATE INDEX IF NOT EXISTS log_lines_job ON log_lines (job_id, seq);
 CREATE TABLE IF NOT EXISTS login_failures (client TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS login_failures_client ON login_failures (client, at);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash TEXT NOT NULL UNIQUE,          -- of the re-encoded photo's pixels: the same photo is one item
+    claimed TEXT NOT NULL,              -- what the user said it is: a class name or 'none'
+    label TEXT NOT NULL,                -- the label after review (the claimed one until relabelled)
+    predicted TEXT, version TEXT,       -- what the model answered, and which version did
+    status TEXT NOT NULL DEFAULT 'pending',   -- pending, accepted, rejected
+    created REAL NOT NULL, reviewed REAL,
+    sends INTEGER NOT NULL DEFAULT 1    -- how often it was sent
+);
+CREATE INDEX IF NOT EXISTS feedback_status ON feedback (status, label);
+CREATE TABLE IF NOT EXISTS feedback_sends (client TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS feedback_sends_client ON feedback_sends (client, at);
 """
 
 _ready = set()  # database files whose schema this process has already ensured

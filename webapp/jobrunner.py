@@ -4,7 +4,8 @@ Started by `webapp.jobs.start` in its own session. Starts the trainer (in its ow
 so a cancel reaches torchrun's workers too), copies the trainer's JSON records and log lines into
 the admin database twice a second, relays a cancel request as SIGTERM (SIGKILL after a grace
 period), and records the end: a finished model becomes a new version in the store and goes
-through the promotion gate; a stopped trainer is `cancelled`; anything else is `failed`.
+through the promotion gate (measured on reviewed user photos too); a stopped trainer is
+`cancelled`; anything else is `failed`.
 """
 
 import json
@@ -167,8 +168,10 @@ class Runner:
         store = ModelStore(self.spec["store"], self.spec["shipped"])
         try:
             version_id = store.add(self.job_dir / "model", self.job_id)
-            decision = store.gate(version_id, self.spec["margin"])
-        except (ModelFileError, OSError) as error:
+            user_photos = self.spec.get("feedback") or {}
+            store.record_feedback(version_id, user_photos.get("trained_on", 0), user_photos.get("eval_items"))
+            decision = store.gate(version_id, self.spec["margin"], user_photos)
+        except (ModelFileError, OSError, ValueError) as error:  # ValueError: an unreadable feedback photo
             return self.finish("failed", error=f"the trained model could not be stored: {error}")
         finally:
             shutil.rmtree(self.job_dir / "model", ignore_errors=True)

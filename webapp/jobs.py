@@ -21,7 +21,7 @@ from pathlib import Path
 from flask import current_app
 
 from ml.presets import PRESETS as TRAINING_PRESETS
-from webapp import PROJECT_ROOT
+from webapp import PROJECT_ROOT, feedback, versions
 from webapp.db import ACTIVE, database, db_path_for, write_transaction
 from webapp.errors import AppError
 from webapp.procs import log_file_tail, process_alive, process_start, signal_group
@@ -32,6 +32,8 @@ PRESETS = tuple(TRAINING_PRESETS)
 # field -> (type, minimum, maximum)
 NUMERIC_FIELDS = {"epochs": (int, 1, 500), "lr": (float, 1e-6, 100.0), "batch_size": (int, 1, 8192),
                   "seed": (int, 0, 2**31 - 1), "limit": (int, 10, 10_000_000)}
+OTHER_FIELDS = {"preset", "data", "resume", "include_feedback", "init_from"}
+TRUE, FALSE = (True, "1", "true", "on", "yes"), (None, False, "", "0", "false", "off", "no")  # JSON and HTML forms
 
 
 def preset_summaries() -> dict:
@@ -90,7 +92,7 @@ def validate_params(data, app=None) -> dict:
     """The admin's request -> clean parameters; raises JobError (400) naming the bad field."""
     if not isinstance(data, dict):
         raise JobError("the request body must be a JSON object")
-    unknown = set(data) - set(NUMERIC_FIELDS) - {"preset", "data", "resume"}
+    unknown = set(data) - set(NUMERIC_FIELDS) - OTHER_FIELDS
     if unknown:
         raise JobError(f"unknown field(s): {', '.join(sorted(unknown))}")
     params = {"preset": data.get("preset") or "fast", "data": data.get("data") or "default"}
@@ -104,7 +106,27 @@ def validate_params(data, app=None) -> dict:
     for name in NUMERIC_FIELDS:
         if data.get(name) not in (None, ""):
             params[name] = _number(name, data[name])
+    params["include_feedback"] = _flag("include_feedback", data.get("include_feedback"))
+    if data.get("init_from"):
+        params["init_from"] = _version(data["init_from"], app)
     return params
+
+
+def _flag(name, value) -> bool:
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise JobError(f"{name} must be true or false")
+
+
+def _version(version_id, app) -> str:
+    """A stored version id (or "shipped") whose weights a fine-tuning job starts from."""
+    try:
+        versions.store(app).path(version_id if isinstance(version_id, str) else "")
+    except versions.VersionError:
+        raise JobError(f"init_from must be a version id (GET /api/v1/admin/versions), not {version_id!r}") from None
+    return version_id
 
 
 def _resume_params(conn, data, app) -> dict:
@@ -120,7 +142,8 @@ def _resume_params(conn, data, app) -> dict:
     return dict(json.loads(row["params"]), resume=resume_id)
 
 
-def build_command(params, job_dir, app=None) -> list:
+def build_command(params, job_dir, app=None, extra_data=None) -> list:
+    """The trainer's command line; `extra_data`: the folder of reviewed user photos to add."""
     app = app or current_app
     nproc = int(app.config["TRAIN_NPROC"])
     command = [sys.executable, "-m", "ml.train"] if nproc <= 1 else \
@@ -135,6 +158,10 @@ def build_command(params, job_dir, app=None) -> list:
         command += ["--threads", str(int(app.config["TRAIN_THREADS"]))]
     if not app.config["TRAIN_SUITE"]:
         command.append("--no-suite")
+    if params.get("init_from"):
+        command += ["--init-from", str(versions.store(app).path(params["init_from"]))]
+    if extra_data:
+        command += ["--extra-data", str(extra_data)]
     return command + (["--resume"] if params.get("resume") else [])
 
 
@@ -236,11 +263,23 @@ def _insert(conn, data, app) -> int:
         job_id = conn.execute("INSERT INTO jobs (status, params, spec, created) VALUES ('queued', ?, '{}', ?)",
                               (json.dumps(params), time.time())).lastrowid
         job_dir = jobs_root(app) / str(job_id)
-        spec = {"command": build_command(params, job_dir, app), "job_dir": str(job_dir),
+        user_photos = _user_photos(conn, params, job_dir, app)
+        spec = {"command": build_command(params, job_dir, app, user_photos["train_dir"]), "job_dir": str(job_dir),
                 "store": str(Path(app.instance_path) / "models"), "shipped": str(app.config["MODEL_DIR"]),
-                "margin": float(app.config["PROMOTION_MARGIN"]), "cwd": str(PROJECT_ROOT)}
+                "margin": float(app.config["PROMOTION_MARGIN"]), "cwd": str(PROJECT_ROOT),
+                "feedback": dict(user_photos, accuracy_margin=float(app.config["FEEDBACK_MARGIN"]),
+                                 unrecognised_margin=float(app.config["UNRECOGNISED_MARGIN"]))}
         conn.execute("UPDATE jobs SET spec = ? WHERE id = ?", (json.dumps(spec), job_id))
     return job_id, params
+
+
+def _user_photos(conn, params, job_dir, app) -> dict:
+    """The job's own copy of reviewed feedback (webapp.feedback.snapshot), taken when it is queued so
+    later reviews do not change it; a resumed job keeps its first run's."""
+    if params.get("resume"):
+        spec = json.loads(conn.execute("SELECT spec FROM jobs WHERE id = ?", (params["resume"],)).fetchone()["spec"])
+        return spec.get("feedback") or {"trained_on": 0, "train_dir": None, "eval_items": []}
+    return feedback.snapshot(job_dir, params["include_feedback"], app)
 
 
 def _spawn(app, job_id, params) -> subprocess.Popen:

@@ -38,4 +38,5 @@ def classify():
     predictor, items = classify_request(("image",))
     results = [{"filename": name, "preview": model_view(array), "result": result}
                for name, array, result in items]
-    return render_template("result.html", model=model_identity(predictor), results=results)
+    return render_template("result.html", model=model_identity(predictor), results=results,
+                           classes=predictor.classes)

@@ -1,7 +1,9 @@
 """The model store: `<instance>/models/<version id>/` holds one model folder per trained version
 (weights, card with its evaluation report, gallery), and `<instance>/models/active` names the
 version every worker serves. The shipped model (MODEL_DIR) is the version "shipped" and is always
-listed. Folders and the pointer are written atomically (temporary name, then rename/replace);
+listed. Besides validation accuracy, a version can be measured on the evaluation part of accepted
+user feedback ("photos from your users", `feedback_measure`), and the gate compares both.
+Folders and the pointer are written atomically (temporary name, then rename/replace);
 changes of the pointer are serialised by a lock file so a promotion and a gate never interleave.
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from flask import current_app
 
 from ml.modelfile import CARD_FILE, ModelFileError, load_model_dir, read_card, write_json_atomic
+from ml.predict import Predictor
 from webapp.errors import AppError
 
 SHIPPED = "shipped"
@@ -32,6 +35,43 @@ class VersionError(AppError):
 
 def card_accuracy(card: dict):
     return (card.get("evaluation") or {}).get("accuracy")
+
+
+def card_user_photos(card: dict) -> dict:
+    """The card's measure on users' photos ({} when it has none)."""
+    return (card.get("feedback") or {}).get("eval") or {}
+
+
+def feedback_measure(model_path, items) -> dict | None:
+    """How a version does on reviewed user photos `items` ([{id, hash, label, file}], file: the
+    32x32 model input): accuracy on those of the ten classes, the share of them it calls "none of
+    these" (not recognised), and the share of "none of these" photos it does call so. None when
+    there are no items."""
+    if not items:
+        return None
+    predictor = Predictor(model_path, device="cpu")
+    results = predictor.predict_arrays([predictor.decode(item["file"]) for item in items])
+    known = [(item, r) for item, r in zip(items, results) if item["label"] in predictor.classes]
+    unknown = [r for item, r in zip(items, results) if item["label"] not in predictor.classes]
+
+    def share(hits, of):
+        return sum(hits) / len(of) if of else None
+    return {"images": len(items), "known_images": len(known),
+            "accuracy": share([r["label"] == item["label"] for item, r in known], known),
+            "not_recognised_rate": share([not r["recognised"] for _, r in known], known),
+            "none_caught_rate": share([not r["recognised"] for r in unknown], unknown),
+            "items": [{"id": item["id"], "hash": item["hash"]} for item in items]}
+
+
+def user_photos_verdict(new: dict, active: dict, feedback: dict):
+    """Why the new version is worse than the active one on users' photos, or None."""
+    if not new or not active or new.get("accuracy") is None or active.get("accuracy") is None:
+        return None  # nothing to compare on
+    if new["accuracy"] < active["accuracy"] - feedback["accuracy_margin"]:
+        return "below the active version's accuracy on users' photos minus margin"
+    if new["not_recognised_rate"] > active["not_recognised_rate"] + feedback["unrecognised_margin"]:
+        return "more of users' photos not recognised than the active version plus margin"
+    return None
 
 
 class ModelStore:
@@ -76,6 +116,9 @@ class ModelStore:
             "job": card.get("job"), "active": version_id == (active_id or self.active_id()),
             "metrics": {"accuracy": evaluation.get("accuracy"), "loss": evaluation.get("loss"),
                         "split": evaluation.get("split"), "images": evaluation.get("images")},
+            "user_photos": {key: card_user_photos(card).get(key)
+                            for key in ("accuracy", "not_recognised_rate", "images")},
+            "trained_on_feedback": (card.get("feedback") or {}).get("trained_on"),
             "error": card.get("error"),
         }
 
@@ -131,19 +174,44 @@ class ModelStore:
         os.chmod(tmp, 0o644)
         os.replace(tmp, self.pointer)
 
-    def gate(self, version_id: str, margin: float) -> dict:
+    def record_feedback(self, version_id: str, trained_on: int, eval_items) -> dict:
+        """Write into the version's card how many feedback photos it trained on and how it does on
+        the evaluation part (which items, by id and hash); returns that section."""
+        path = self.path(version_id)
+        section = {"trained_on": trained_on, "eval": feedback_measure(path, eval_items)}
+        write_json_atomic(path / CARD_FILE, dict(read_card(path), feedback=section))
+        return section
+
+    def _active_measures(self, active: str, eval_items) -> tuple:
+        """(validation accuracy, measure on users' photos) of the active version; the latter on
+        the same items as the new version, so both are measured alike."""
+        try:
+            path = self.path(active)
+            return card_accuracy(read_card(path)), feedback_measure(path, eval_items)
+        except (VersionError, ModelFileError):
+            return None, None
+
+    def gate(self, version_id: str, margin: float, feedback: dict = None) -> dict:
         """Promotion gate: activate the new version only if its validation accuracy is at least the
-        active version's minus `margin`; otherwise it waits for a manual promotion."""
-        new_acc = card_accuracy(read_card(self.path(version_id)))
+        active version's minus `margin` and, when `feedback` gives the evaluation part of reviewed
+        user photos (spec["feedback"] of a job: eval_items and the two margins), it is not worse
+        on them beyond those margins; otherwise it waits for a manual promotion."""
+        card = read_card(self.path(version_id))
+        new_acc, new_users = card_accuracy(card), card_user_photos(card)
+        eval_items = (feedback or {}).get("eval_items") or []
         with self._locked():
             active = self.active_id()
-            try:
-                active_acc = card_accuracy(read_card(self.path(active)))
-            except (VersionError, ModelFileError):
-                active_acc = None
+            active_acc, active_users = self._active_measures(active, eval_items)
             passed = new_acc is not None and (active_acc is None or new_acc >= active_acc - margin)
+            users_reason = user_photos_verdict(new_users, active_users, feedback) if eval_items else None
             decision = {"version": version_id, "accuracy": new_acc, "active_before": active,
-                        "active_accuracy": active_acc, "margin": margin, "promoted": False}
+                        "active_accuracy": active_acc, "margin": margin, "promoted": False,
+                        "user_photos": {key: new_users.get(key) for key in ("accuracy", "not_recognised_rate")},
+                        "active_user_photos": {key: (active_users or {}).get(key)
+                                               for key in ("accuracy", "not_recognised_rate")}}
+            if users_reason:
+                decision["reason"] = users_reason
+                return decision
             if passed:
                 try:
                     load_model_dir(self.path(version_id))
