@@ -9,7 +9,8 @@ after the current step, writes a resume checkpoint and exits with status 3; `--r
 
 The pieces live beside it, as in torchvision's classification reference: optimisers, schedule and
 lookahead in ml/optim.py, stop flag and multi-process helpers in ml/distributed.py, checkpoints
-and TrainState in ml/checkpoint.py, the model card in ml/card.py.
+and TrainState in ml/checkpoint.py, the model card in ml/card.py, the starting model (fresh or
+`--init-from` a trained one) in ml/finetune.py.
 """
 
 import argparse
@@ -29,26 +30,23 @@ from ml.augment import cached_client_bank, client_mix, training_inputs
 from ml.calibrate import calibrated_report, fit_novelty_and_measure
 from ml.card import make_card, weights_digest
 from ml.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from ml.data import (CIFAR_MEAN, CIFAR_STD, alternating_flip, iterate_batches, load_dataset, normalize,
-                     with_extra_training_images)
+from ml.data import (CIFAR_MEAN, CIFAR_STD, alternating_flip, iterate_batches, load_dataset, with_extra_training_images)
 from ml.device import autocast, pick_amp_dtype, pick_device
 from ml.distributed import (StopFlag, distributed_info, finish_distributed, init_distributed, stop_agreed,
                             sync_buffers, wait_for_all)
 from ml.download import DownloadError, download_cifar10
 from ml.evaluate import predict_logits, report_from_logits, serving_section
 from ml.libc import keep_freed_memory
-from ml.modelfile import gallery_files, load_model_dir, read_card, write_model_dir
-from ml.models import build_model, count_parameters
+from ml.finetune import FINETUNE_EPOCHS, FINETUNE_LR_SCALE, fine_tuning, initial_model
+from ml.modelfile import gallery_files, write_model_dir
+from ml.models import count_parameters
 from ml.optim import Lookahead, lr_factor, make_optimizer, set_lr
-from ml.presets import PRESETS, add_hyperparameter_flags, arch_kwargs, preset_with_flags
+from ml.presets import PRESETS, add_hyperparameter_flags, preset_with_flags
 from ml.progress import EpochMeter, terminal_line
 from ml.serving_policy import merged
 
 EXIT_STOPPED = 3  # stopped by SIGTERM/SIGINT after writing a resume checkpoint
-WHITENING_IMAGES = 5000       # training images used to estimate the patch covariance
 NORM = (CIFAR_MEAN, CIFAR_STD)
-FINETUNE_EPOCHS = 2           # --init-from: a short schedule from trained weights (minutes on a CPU)
-FINETUNE_LR_SCALE = 0.1       # and smaller steps, so the trained weights are adjusted rather than retrained
 
 
 def resolve_config(args) -> dict:
@@ -60,21 +58,6 @@ def resolve_config(args) -> dict:
     if args.init_from:
         fine_tuning(config, args)
     return config
-
-
-def fine_tuning(config, args):
-    """--init-from: the model folder's architecture (its weights must fit) and, unless --epochs and
-    --lr say otherwise, a short schedule at a tenth of the preset's learning rates. The whitening
-    layer's bias was trained already, so it stays as it is."""
-    card = read_card(args.init_from)
-    config.update(arch=card["arch"]["name"], widths=card["arch"].get("kwargs", {}).get("widths"),
-                  whiten_bias_epochs=0, init_from=str(args.init_from))
-    if args.epochs is None:
-        config["epochs"] = min(config["epochs"], FINETUNE_EPOCHS)
-    if args.lr is None:
-        config["lr"] *= FINETUNE_LR_SCALE
-    if args.muon_lr is None:
-        config["muon_lr"] *= FINETUNE_LR_SCALE
 
 
 def train_step(model, optimizer, scaler, images, labels, config, generator, amp_dtype):
@@ -148,20 +131,6 @@ def train_one_epoch(model, split, config, state: TrainState, device, amp_dtype, 
             return (*meter.result(), True)
     state.aug_rng = None
     return (*meter.result(), False)
-
-
-def initial_model(config, dataset):
-    """The --init-from model's trained weights, else a fresh model (airnet's whitening fitted on
-    training patches)."""
-    model = build_model(config["arch"], num_classes=len(dataset.classes), **arch_kwargs(config))
-    if config.get("init_from"):
-        trained, card = load_model_dir(config["init_from"])
-        if card["classes"] != list(dataset.classes):
-            raise ValueError(f"--init-from {config['init_from']} knows {card['classes']}, the data {dataset.classes}")
-        model.load_state_dict(trained.state_dict())
-    elif config["arch"] == "airnet":
-        model.init_whitening(normalize(dataset.train.images[:WHITENING_IMAGES]))
-    return model
 
 
 def new_state(config, dataset, device, amp_dtype) -> TrainState:
