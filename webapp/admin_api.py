@@ -3,7 +3,7 @@
 
 from flask import Blueprint, jsonify, request
 
-from webapp import jobs, versions
+from webapp import exports, jobs, versions
 from webapp.auth import token_required
 from webapp.errors import AppError
 
@@ -48,3 +48,9 @@ def list_versions():
 @token_required
 def activate_version(version_id):
     return jsonify(versions.store().activate(version_id))
+
+
+@bp.get("/versions/<version_id>/export/<fmt>")
+@token_required
+def download_export(version_id, fmt):
+    return exports.download(version_id, fmt)
