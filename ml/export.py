@@ -149,7 +149,7 @@ def export_card(card: dict, fmt: str, tta: int) -> dict:
 
 
 def build_exported(model_dir, tta=None):
-    """(ExportedClassifier in eval mode, the export card) for a model folder."""
+    """(ExportedClassifier in eval mode, the model's card) for a model folder; `tta` None: the card's level."""
     model, card = load_model_dir(model_dir)
     level = card.get("tta", 0) if tta is None else tta
     bank = load_novelty_bank(model_dir, card)
@@ -166,8 +166,8 @@ def write_onnx(module, card: dict, path):
     batch_axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
     with warnings.catch_warnings():
         # Expected and harmless here: the TorchScript-based exporter's deprecation notice, the
-        # tracer noting that normalisation constants become constants, and constant folding
-        # skipping the flip's step -1 slices.
+        # tracer's note that normalize()'s torch.tensor(mean/std) is recorded as a constant (it is
+        # one), and constant folding skipping the flip's step -1 slices.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding")
