@@ -36,7 +36,7 @@ from ml.evaluate import load_model_split
 from ml.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
 from ml.modelfile import load_model_dir, load_novelty_bank, sha256_file, write_json_atomic
 from ml.models import tta_outputs
-from ml.novelty import kth_neighbour_distance, novelty_scores
+from ml.novelty import KNN_K, kth_neighbour_distance, novelty_scores
 from ml.predict import Predictor
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -122,7 +122,7 @@ def export_card(card: dict, fmt: str, tta: int) -> dict:
     method = novelty.get("method", "msp")
     scores = {"msp": "minus the highest probability", "energy": "minus logsumexp(logits)",
               "knn": "distance of the L2-normalised penultimate features (plain view) to their "
-                     "10th nearest neighbour in a bank of training features, embedded in the graph"}
+                     f"{KNN_K}th nearest neighbour in a bank of training features, embedded in the graph"}
     return {
         "export_format": EXPORT_CARD_FORMAT, "format": fmt,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
