@@ -26,15 +26,20 @@ def normalise(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.float(), dim=1)
 
 
+def kth_neighbour_distance(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K) -> torch.Tensor:
+    """Euclidean distance of each normalised feature row to its k-th nearest row of `bank`, for all
+    rows at once: what an exported graph computes (ml/export.py), as it cannot loop over a batch
+    length that is fixed when traced."""
+    similarity = normalise(features) @ bank.float().T
+    kth = similarity.topk(min(k, len(bank)), dim=1).values[:, -1]
+    return (2 - 2 * kth).clamp_min(0).sqrt()
+
+
 def knn_distance(features: torch.Tensor, bank: torch.Tensor, k: int = KNN_K, chunk: int = 1024) -> torch.Tensor:
-    """Euclidean distance of each normalised feature row to its k-th nearest row of `bank`."""
+    """`kth_neighbour_distance` in chunks of rows, so a large batch's similarity matrix stays small."""
     bank = bank.float()
-    out = []
-    for start in range(0, len(features), chunk):
-        similarity = normalise(features[start:start + chunk]) @ bank.T
-        kth = similarity.topk(min(k, len(bank)), dim=1).values[:, -1]
-        out.append((2 - 2 * kth).clamp_min(0).sqrt())
-    return torch.cat(out)
+    return torch.cat([kth_neighbour_distance(features[start:start + chunk], bank, k)
+                      for start in range(0, len(features), chunk)])
 
 
 def novelty_scores(method: str, logits: torch.Tensor, features: torch.Tensor = None,

@@ -104,6 +104,8 @@ def check_admin_api(call):
     call("GET", "/api/v1/admin/versions", 200, admin=True)
     call("POST", "/api/v1/admin/versions/shipped/activate", 200, admin=True)
     call("POST", "/api/v1/admin/versions/nope/activate", 404, admin=True)
+    call("GET", "/api/v1/admin/versions/shipped/export/onnx", 200, admin=True)
+    call("GET", "/api/v1/admin/versions/nope/export/onnx", 404, admin=True)
 
 
 def check_feedback_api(call):

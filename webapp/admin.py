@@ -1,10 +1,10 @@
-"""Admin pages under /admin (session login, CSRF on every form): the job list and model versions,
-the new-job form (optionally fine-tuning a version, with reviewed user photos), the live job page
-and the JSON it polls."""
+"""Admin pages under /admin (session login, CSRF on every form): the job list and model versions
+(with their ONNX and TorchScript downloads), the new-job form (optionally fine-tuning a version,
+with reviewed user photos), the live job page and the JSON it polls."""
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 
-from webapp import auth, feedback, jobs, versions
+from webapp import auth, exports, feedback, jobs, versions
 from webapp.serving import serving_status
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -116,3 +116,10 @@ def activate_version(version_id):
     except versions.VersionError as error:
         flash(str(error), "error")
     return redirect(url_for("admin.home"))
+
+
+@bp.get("/versions/<version_id>/export/<fmt>")
+@auth.login_required
+def download_export(version_id, fmt):
+    """The version as ONNX or TorchScript, with its card embedded (ml/export.py)."""
+    return exports.download(version_id, fmt)

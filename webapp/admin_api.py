@@ -3,7 +3,7 @@
 
 from flask import Blueprint, jsonify, request
 
-from webapp import feedback, jobs, versions
+from webapp import exports, feedback, jobs, versions
 from webapp.auth import token_required
 from webapp.errors import AppError
 from webapp.serving import current_predictor
@@ -72,3 +72,9 @@ def review_feedback(item_id):
 def delete_feedback(item_id):
     feedback.delete([item_id])
     return "", 204
+
+
+@bp.get("/versions/<version_id>/export/<fmt>")
+@token_required
+def download_export(version_id, fmt):
+    return exports.download(version_id, fmt)
