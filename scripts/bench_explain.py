@@ -8,11 +8,14 @@ prediction, integrated gradients, the PNG overlay, JSON), warmed up first. The s
 gives integrated gradients' completeness error (|sum of attributions - (score - baseline score)|
 over the score difference, mean over the photos): how far the steps are from the exact integral,
 and the time the map would take through the card's test-time augmentation instead of the plain view.
+Last, what importing Captum adds to every worker's start (it imports matplotlib), in a fresh process.
 """
 
 import argparse
 import io
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -88,6 +91,20 @@ def tta_seconds(predictor, arrays, labels, steps) -> float:
     return statistics.median(timed(attribute, a, label) for a, label in zip(arrays[:5], labels[:5]))
 
 
+IMPORT_COST = """
+import time, torch
+def rss_mb(): return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+before, start = rss_mb(), time.perf_counter()
+from captum.attr import IntegratedGradients
+print(f"{time.perf_counter() - start:.2f} s, +{rss_mb() - before:.0f} MB")
+"""
+
+
+def captum_import_cost() -> str:
+    out = subprocess.run([sys.executable, "-c", IMPORT_COST], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Time /api/v1/explain on this machine.")
     parser.add_argument("--model", default="models/default")
@@ -113,6 +130,7 @@ def main(argv=None):
         print(f"| {steps} | {median * 1000:.0f} | {p95 * 1000:.0f} | {error:.3f} |")
     print(f"\nthrough TTA level {predictor.tta} at {default_steps} steps instead: "
           f"p50 {tta_seconds(predictor, arrays, labels, default_steps) * 1000:.0f} ms")
+    print(f"importing captum.attr after torch, per worker: {captum_import_cost()}")
 
 
 if __name__ == "__main__":
