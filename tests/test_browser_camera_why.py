@@ -4,6 +4,7 @@ JPEG classified as an upload), no camera or no permission said in words while up
 and the saliency overlay laid over a result's thumbnail and toggled."""
 
 import re
+import time
 
 import pytest
 
@@ -72,6 +73,15 @@ def opened(request):
         page.context.close()
 
 
+def wait_until(page, expression, seconds=15):
+    """Poll from here: page.wait_for_function evaluates its predicate with eval(), which the page's
+    Content-Security-Policy refuses."""
+    deadline = time.monotonic() + seconds
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true within {seconds} s: {expression}"
+        page.wait_for_timeout(100)
+
+
 def first_result(page):
     page.locator("#results .card:not(.pending)").first.wait_for(timeout=30_000)
     return page.locator("#results .card").first
@@ -84,7 +94,7 @@ def test_take_a_photo_with_the_fake_camera_and_see_its_result(camera_browser, li
     page.goto(live_server + "/")
     assert page.locator("#camera-panel").is_hidden()
     page.click("#camera-button")
-    page.wait_for_function("document.getElementById('camera-preview').videoWidth > 0", timeout=15_000)
+    wait_until(page, "document.getElementById('camera-preview').videoWidth > 0")  # the preview plays
     assert page.locator("#camera-preview").is_visible() and page.locator("#camera-message").is_hidden()
     assert page.locator("#camera-button").get_attribute("aria-expanded") == "true"
     page.click("#camera-capture")
