@@ -7,7 +7,7 @@ SHARED_DIR ?= ../shared
 ARCHIVE := $(SHARED_DIR)/datasets/cifar10-train-jpeg.tar.gz
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install data browser serve lint test screenshots bench-train bench-serve soak package-photos evaluate \
+.PHONY: install data browser serve lint test screenshots bench-train bench-serve bench-explain soak package-photos evaluate \
 	ablation open-set
 
 install: $(VENV)/.installed
@@ -56,6 +56,10 @@ bench-train: install data
 # Served throughput, latency and memory under load against the in-process ceiling (see README).
 bench-serve: install data
 	$(BIN)/python -m scripts.bench_serve
+
+# /api/v1/explain's latency on the shipped model, and the saliency map's per integration steps (README).
+bench-explain: install data
+	$(BIN)/python -m scripts.bench_explain
 
 # 16 clients for 5 minutes: photos, bad inputs and a retraining job at once (`make test` runs 60 s).
 soak: install data

@@ -70,11 +70,20 @@ class Predictor:
         """bytes / path -> (H, W, 3) uint8 input array. Raises ml.images.ImageError."""
         return decode_image(source, self.input_size, self.max_pixels)
 
+    @property
+    def lock(self) -> threading.Lock:
+        """Held around every pass through the model, ml.explain's included."""
+        return self._lock
+
+    def inputs(self, arrays) -> torch.Tensor:
+        """Decoded input arrays -> the normalised (N, 3, H, W) batch the model reads."""
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
+        return normalize(batch, *self.norm)
+
     @torch.inference_mode()
     def probabilities(self, arrays):
         """(class probabilities (N, classes), novelty (N,)) for decoded input arrays, in one forward pass."""
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device)
-        x = normalize(batch, *self.norm)
+        x = self.inputs(arrays)
         with self._lock, autocast(self.device, self.amp_dtype):
             logits, features = tta_outputs(self.model, x, self.tta, self.confident_at, self.temperature)
         logits = logits.float().cpu() / self.temperature

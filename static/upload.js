@@ -1,6 +1,8 @@
 // Upload page: classify photos chosen, dropped or pasted, through the JSON API, without a reload.
 // Each photo gets its own card and its own request, so one refused file does not hold up the others.
 // Previews are object URLs of the user's own files: nothing uploaded comes back from the server.
+// "Take a photo" captures a camera frame into a canvas and classifies it as an uploaded JPEG;
+// "Why?" on a card lays the server's saliency overlay (a PNG it drew) over the card's thumbnail.
 "use strict";
 
 (function () {
@@ -13,6 +15,7 @@
   const errorBox = document.getElementById("upload-error");
   const clearButton = document.getElementById("clear-results");
   const apiUrl = form.dataset.api;
+  const explainUrl = form.dataset.explain;
   const maxBytes = Number(form.dataset.maxBytes);
   // Choosing files classifies them at once and clears the picker (so choosing the same file again
   // still fires `change`); "Classify" then classifies the last photos chosen, dropped or pasted again.
@@ -52,9 +55,15 @@
     });
     image.addEventListener("error", () => { URL.revokeObjectURL(url); image.classList.add("broken"); });
     image.src = url;
+    // the thumbnail crops the photo's centre square, as the model's input does, so the map lines up
+    const overlay = element("img", "saliency-overlay pixelated");
+    overlay.alt = "";
+    overlay.hidden = true;
+    const thumb = element("div", "card-thumb");
+    thumb.append(image, overlay);
     const body = element("div", "card-body");
     body.append(element("h3", "card-title", name), element("p", "verdict", "Classifying…"));
-    card.append(image, body);
+    card.append(thumb, body);
     return card;
   }
 
@@ -89,11 +98,13 @@
                    element("span", "muted", "(" + percent(prediction.confidence) + " sure)"));
   }
 
-  function showPrediction(card, prediction, model) {
+  function showPrediction(card, prediction, model, file) {
     writeVerdict(card.querySelector(".verdict"), prediction);
     if (prediction.recognised === false) card.classList.add("unrecognised");
+    card.classList.add("explainable");
     card.querySelector(".card-body").append(
-      scoreList(prediction), element("p", "answered-by", "Answered by " + model.name + " version " + model.version));
+      whyControl(card, file), scoreList(prediction),
+      element("p", "answered-by", "Answered by " + model.name + " version " + model.version));
     card.classList.remove("pending");
     document.getElementById("model-name").textContent = model.name;
     document.getElementById("model-version").textContent = model.version;
@@ -119,13 +130,68 @@
         showCardError(card, data.error ? data.error.message : "The server refused this photo.");
         return null;
       }
-      showPrediction(card, data.predictions[0], data.model);
+      showPrediction(card, data.predictions[0], data.model, file);
       // static/feedback.js adds "Wrong? Tell us what it is" with this very file
       card.dispatchEvent(new CustomEvent("classified", { bubbles: true, detail: { file: file, prediction: data.predictions[0], model: data.model } }));
       return data.predictions[0];
     } catch (error) {
       showCardError(card, "The server could not be reached; try again.");
       return null;
+    }
+  }
+
+  function whyControl(card, file) {
+    const box = element("div", "why");
+    const button = element("button", "why-toggle", "Why?");
+    button.type = "button";
+    button.setAttribute("aria-pressed", "false");
+    const note = element("p", "why-note");
+    note.hidden = true;
+    button.addEventListener("click", () => toggleWhy(card, file, button, note));
+    box.append(button, note);
+    return box;
+  }
+
+  function showWhy(card, button, note, shown) {
+    card.querySelector(".saliency-overlay").hidden = !shown;
+    note.hidden = !shown;
+    button.setAttribute("aria-pressed", String(shown));
+    button.textContent = shown ? "Hide why" : "Why?";
+  }
+
+  // The first press asks the server; later presses only show or hide what it answered.
+  async function toggleWhy(card, file, button, note) {
+    const overlay = card.querySelector(".saliency-overlay");
+    if (overlay.getAttribute("src")) {
+      showWhy(card, button, note, button.getAttribute("aria-pressed") !== "true");
+      return;
+    }
+    button.disabled = true;
+    button.textContent = "Working out why…";
+    const answer = await explain(file);
+    button.disabled = false;
+    if (answer.error) {
+      button.textContent = "Why?";
+      note.textContent = answer.error;
+      note.hidden = false;
+      return;
+    }
+    overlay.src = answer.overlay;
+    note.textContent = "Red marks the pixels of the 32×32 picture it looked at that counted most for ";
+    note.append(element("strong", null, answer.label), ".");
+    showWhy(card, button, note, true);
+  }
+
+  async function explain(file) {
+    const body = new FormData();
+    body.append("image", file, file.name || "pasted-image.png");
+    try {
+      const response = await fetch(explainUrl, { method: "POST", body: body, headers: { Accept: "application/json" } });
+      const data = await response.json();
+      if (!response.ok) return { error: data.error ? data.error.message : "The server could not explain this photo." };
+      return data;
+    } catch (error) {
+      return { error: "The server could not be reached; try again." };
     }
   }
 
@@ -196,6 +262,91 @@
       handleFiles(files);
     }
   });
+
+  // --- "Take a photo": the camera through getUserMedia --------------------------------------
+  const cameraButton = document.getElementById("camera-button");
+  const cameraPanel = document.getElementById("camera-panel");
+  const cameraMessage = document.getElementById("camera-message");
+  const preview = document.getElementById("camera-preview");
+  let stream = null;
+
+  const KEEP_GOING = " You can still choose, drop or paste photos.";
+
+  function cameraProblem(error) {
+    if (!error) return "This browser offers no camera to this page (it needs https:// or localhost)." + KEEP_GOING;
+    if (error.name === "NotAllowedError" || error.name === "SecurityError") {
+      return "Camera access was not allowed, so there is nothing to take a photo with." + KEEP_GOING;
+    }
+    if (error.name === "NotFoundError" || error.name === "OverconstrainedError") {
+      return "No camera was found on this device." + KEEP_GOING;
+    }
+    if (error.name === "NotReadableError") return "The camera is busy in another program." + KEEP_GOING;
+    return "The camera could not be started (" + error.name + ")." + KEEP_GOING;
+  }
+
+  function showCameraMessage(text) {
+    cameraMessage.textContent = text;
+    cameraMessage.hidden = false;
+  }
+
+  async function openCamera() {
+    cameraMessage.hidden = true;
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      showCameraMessage(cameraProblem(null));
+      return;
+    }
+    try {
+      // "environment" is a preference: a phone's back camera, any camera elsewhere
+      stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+    } catch (error) {
+      showCameraMessage(cameraProblem(error));
+      return;
+    }
+    preview.srcObject = stream;
+    cameraPanel.hidden = false;
+    cameraButton.setAttribute("aria-expanded", "true");
+    document.getElementById("camera-capture").focus();
+  }
+
+  function stopCamera() {
+    if (stream) stream.getTracks().forEach((track) => track.stop());
+    stream = null;
+    preview.srcObject = null;
+    cameraPanel.hidden = true;
+    cameraButton.setAttribute("aria-expanded", "false");
+  }
+
+  function cameraFileName() {
+    return "camera-" + new Date().toTimeString().slice(0, 8).replace(/:/g, "-") + ".jpg";
+  }
+
+  function capturePhoto() {
+    if (!preview.videoWidth) {
+      showCameraMessage("The camera is still starting; try again in a moment.");
+      return;
+    }
+    const canvas = document.createElement("canvas");
+    canvas.width = preview.videoWidth;
+    canvas.height = preview.videoHeight;
+    canvas.getContext("2d").drawImage(preview, 0, 0);
+    canvas.toBlob((blob) => {
+      if (!blob) {
+        showCameraMessage("The photo could not be captured; try again.");
+        return;
+      }
+      cameraMessage.hidden = true;
+      handleFiles([new File([blob], cameraFileName(), { type: "image/jpeg" })]);
+    }, "image/jpeg", 0.92);
+  }
+
+  cameraButton.setAttribute("aria-expanded", "false");
+  cameraButton.addEventListener("click", () => (stream ? stopCamera() : openCamera()));
+  document.getElementById("camera-capture").addEventListener("click", capturePhoto);
+  document.getElementById("camera-close").addEventListener("click", () => {
+    stopCamera();
+    cameraButton.focus();
+  });
+  window.addEventListener("pagehide", stopCamera);  // the camera light goes off with the page
 
   clearButton.addEventListener("click", () => {
     results.replaceChildren();

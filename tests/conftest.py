@@ -150,19 +150,31 @@ def live_server(tmp_path_factory, shipped_model_dir):
     stop_server(process)
 
 
+CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
 @pytest.fixture(scope="session")
-def browser():
-    """Headless Debian Chromium driven by Playwright (installed by `make browser`)."""
+def playwright_driver():
+    """One Playwright driver for the whole session: its sync API allows only one at a time."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium as root")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield browser
-        browser.close()
+        yield playwright
+
+
+def launch_chromium(playwright_driver, *extra_args):
+    return playwright_driver.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=[*CHROMIUM_ARGS, *extra_args])
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_driver):
+    """Headless Debian Chromium driven by Playwright (installed by `make browser`)."""
+    browser = launch_chromium(playwright_driver)
+    yield browser
+    browser.close()
 
 
 def write_tiny_dataset(root, per_class=24, size=32, seed=0):

@@ -83,6 +83,9 @@ def check_public_api(call, app):
     call("POST", "/api/v1/predict", 413, content_type="multipart/form-data",
          data={"image": [(io.BytesIO(image_bytes()), f"{i}.jpg") for i in range(app.config["MAX_FILES"] + 1)]})
     call("POST", "/api/v1/predict", 415, data=b"not a photo", content_type="image/png")
+    call("POST", "/api/v1/explain", 200, **photo_form())
+    call("POST", "/api/v1/explain?label=cat", 200, data=image_bytes(), content_type="image/jpeg")
+    call("POST", "/api/v1/explain?label=unicorn", 400, data=image_bytes(), content_type="image/jpeg")
     call("POST", f"/predictions/{model['name']}", 200, **photo_form("data"))
     call("PUT", f"/predictions/{model['name']}", 200, data=image_bytes(), content_type="image/jpeg")
     call("POST", "/predictions/no-such-model", 404, **photo_form("data"))

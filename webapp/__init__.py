@@ -43,6 +43,7 @@ SETTINGS = (
     ("TRAIN_SUITE", True, flag),           # a job ends by measuring the robustness suite (minutes on a CPU)
     ("BATCH_WINDOW_MS", 5, float),         # micro-batching: wait up to this for requests being decoded; 0: off
     ("BATCH_MAX_IMAGES", 32, int),         # images per forward pass, at most
+    ("EXPLAIN_STEPS", 16, int),            # integration steps of /api/v1/explain (time grows with them)
 )
 
 

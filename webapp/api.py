@@ -1,14 +1,17 @@
-"""JSON API: predictions (own shape and TorchServe's), feedback on a prediction, the active model,
-health and readiness, and the OpenAPI document describing all of it (webapp/openapi.json)."""
+"""JSON API: predictions (own shape and TorchServe's), explanations, feedback on a prediction, the
+active model, health and readiness, and the OpenAPI document describing all of it (webapp/openapi.json)."""
 
 import json
 from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify
+import numpy as np
+from flask import Blueprint, current_app, jsonify, request
 
+from ml.explain import METHOD, heat_overlay, saliency_map
 from webapp import feedback_intake
 from webapp.request_photos import RequestError, classify_request, model_identity
 from webapp.serving import current_predictor
+from webapp.upload import model_view
 
 bp = Blueprint("api", __name__)
 
@@ -28,6 +31,32 @@ def predict():
     predictor, items = classify_request(("image",))
     return jsonify(model=model_identity(predictor),
                    predictions=[{"filename": name, **result} for name, _, result in items])
+
+
+def requested_label():
+    # a raw-body upload has no form fields: its label comes in the query string, like its filename
+    fields = request.form if request.mimetype == "multipart/form-data" else request.args
+    return fields.get("label") or None
+
+
+def checked_label(predictor, label: str) -> str:
+    if label not in predictor.classes:
+        raise RequestError(400, "unknown_label", f"'{label[:50]}' is not one of the model's classes: "
+                                                 + ", ".join(predictor.classes))
+    return label
+
+
+@bp.post("/api/v1/explain")
+def explain():
+    """One photo's prediction and which pixels of its 32x32 input decided it (or `label`)."""
+    wanted = requested_label()
+    predictor, items = classify_request(("image",), max_files=1)
+    filename, array, result = items[0]
+    label = checked_label(predictor, wanted or result["label"])
+    saliency = saliency_map(predictor, array, label, int(current_app.config["EXPLAIN_STEPS"]))
+    # the overlay is a PNG drawn here from the map, never anything the client sent
+    return jsonify(model=model_identity(predictor), prediction={"filename": filename, **result}, label=label,
+                   method=METHOD, saliency=np.round(saliency, 4).tolist(), overlay=model_view(heat_overlay(saliency)))
 
 
 @bp.route("/predictions/<model_name>", methods=["POST", "PUT"])  # PUT: `curl -T photo.jpg`
