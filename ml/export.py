@@ -38,6 +38,7 @@ from ml.modelfile import load_model_dir, load_novelty_bank, sha256_file, write_j
 from ml.models import tta_outputs
 from ml.novelty import KNN_K, kth_neighbour_distance, novelty_scores
 from ml.predict import Predictor
+from ml.serving_policy import serving_tta
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 EXPORT_CARD_FORMAT = 1
@@ -115,6 +116,17 @@ def preprocessing_spec(size: int) -> dict:
     }
 
 
+def website_policy(card: dict) -> dict:
+    """How the website runs the same model (ml/serving_policy.py): its TTA policy and, per kind of
+    device, the precision that passed the agreement gate against fp32."""
+    level, confident_at = serving_tta(card)
+    gates = (card.get("serving") or {}).get("precision") or {}
+    return {"level": level, "extra_views_below_confidence": confident_at,
+            "precision": {device: {"dtype": gate["dtype"] if gate["passed"] else "fp32",
+                                   "top1_agreement_with_fp32": gate.get("agreement")}
+                          for device, gate in gates.items()}}
+
+
 def export_card(card: dict, fmt: str, tta: int) -> dict:
     size = card.get("input_size", 32)
     norm = card["normalization"]
@@ -139,7 +151,7 @@ def export_card(card: dict, fmt: str, tta: int) -> dict:
                      "divide by the temperature", "softmax", "novelty"],
         "normalization": {"mean": norm["mean"], "std": norm["std"],
                           "formula": "(pixel - 255 * mean[c]) / (255 * std[c]), pixel in 0..255"},
-        "tta": dict(tta_spec(tta), website_level=card.get("tta", 0)),
+        "tta": dict(tta_spec(tta), website_level=card.get("tta", 0), website_policy=website_policy(card)),
         "temperature": float(card.get("temperature", 1.0)),
         "novelty": {"method": method, "score": scores[method], "threshold": novelty.get("threshold"),
                     "rule": "recognised when novelty <= threshold (always, without a threshold); "
@@ -259,7 +271,9 @@ def check_parity(path, fmt: str, model_dir, data_root, val_size=None) -> dict:
     level, over the model's validation split."""
     card = json.loads(card_path(path).read_text())
     predictor = Predictor(model_dir, "cpu")
-    predictor.tta = card["tta"]["level"]
+    # the reference is the export's own computation: fp32, every view of its TTA level (the
+    # server's bf16 and adaptive policy are gated against exactly that; see ml/serving_policy.py)
+    predictor.tta, predictor.confident_at, predictor.amp_dtype = card["tta"]["level"], None, None
     split = load_model_split(data_root, predictor.card, val_size).val
     images = split.images.permute(0, 2, 3, 1).contiguous().numpy()
     run = exported_runner(path, fmt)

@@ -42,7 +42,7 @@ CONCURRENCY = (1, 4, 16)
 MULTI_CONCURRENCY = 4
 RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 PEER_VENV = ".venv-litserve"
-PEER_REQUIREMENT = "litserve>=0.2,<0.3"  # the peer the serving goals compare against
+PEER_REQUIREMENTS = ["litserve>=0.2,<0.3", "python-multipart"]  # the peer (form uploads need the second)
 
 
 # ---- the in-process ceiling ----
@@ -203,11 +203,12 @@ def peer_environment() -> Path:
     multi-GB torch; the product's requirements never include it."""
     venv = PROJECT_ROOT / PEER_VENV
     python = venv / "bin" / "python"
-    if subprocess.run([str(python), "-c", "import litserve"], capture_output=True).returncode if python.exists() else 1:
+    if subprocess.run([str(python), "-c", "import litserve, multipart"], capture_output=True).returncode \
+            if python.exists() else 1:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         site = next((venv / "lib").glob("python3*/site-packages"))
         (site / "product.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", PEER_REQUIREMENT], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PEER_REQUIREMENTS], check=True)
     return python
 
 
@@ -240,10 +241,13 @@ def wait_until_answers(base, single, process, timeout=180):
         if process.poll() is not None:
             raise RuntimeError(f"the LitServe peer exited with {process.returncode}")
         try:
-            if request(base, "POST", "/api/v1/predict", body, ctype, timeout=30)[0] == 200:
-                return
+            status, answer = request(base, "POST", "/api/v1/predict", body, ctype, timeout=30)
         except OSError:
-            pass
+            status = None
+        if status == 200:
+            return
+        if status is not None:
+            raise RuntimeError(f"the LitServe peer answered {status}: {answer}")
         time.sleep(0.5)
     raise RuntimeError(f"the LitServe peer did not answer within {timeout} s")
 

@@ -128,7 +128,7 @@ def test_adaptive_tta_runs_the_extra_views_only_below_its_threshold():
         full, _ = tta_outputs(model, x, 2)
         model.rows.clear()
         logits, features = tta_outputs(model, x, 2, confident_at=threshold)
-    assert model.rows == [8] + [4] * 5  # the plain pass for all, five extra views for the 4 unsure
+    assert model.rows == [8, 4 * 5]  # the plain pass for all, then the 4 unsure ones five views each, stacked
     assert torch.equal(logits[~unsure], plain[~unsure])
     assert torch.allclose(logits[unsure], full[unsure], atol=1e-6)
     assert features.shape == (8, 12)
