@@ -19,12 +19,11 @@ import numpy as np
 import torch
 
 from ml.data import normalize
-from ml.device import autocast
 from ml.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from ml.modelfile import load_model_dir, load_novelty_bank
 from ml.models import tta_outputs
 from ml.novelty import novelty_scores
-from ml.serving_policy import serving_precision, serving_tta
+from ml.serving_policy import cast_for_serving, serving_precision, serving_tta
 
 TOP_K = 5
 LOG = logging.getLogger(__name__)
@@ -47,6 +46,8 @@ class Predictor:
         self.amp_dtype, why_fp32 = serving_precision(self.card, self.device)
         if why_fp32:
             LOG.warning("%s: %s", model_dir, why_fp32)
+        # the forward passes run on this copy; self.model stays fp32 (ml.explain's gradients, exports)
+        self.serving_model = cast_for_serving(self.model, self.amp_dtype)
         norm = self.card["normalization"]
         self.norm = (norm["mean"], norm["std"])
         self.max_pixels = max_pixels
@@ -84,8 +85,10 @@ class Predictor:
     def probabilities(self, arrays):
         """(class probabilities (N, classes), novelty (N,)) for decoded input arrays, in one forward pass."""
         x = self.inputs(arrays)
-        with self._lock, autocast(self.device, self.amp_dtype):
-            logits, features = tta_outputs(self.model, x, self.tta, self.confident_at, self.temperature)
+        model = self.model if self.amp_dtype is None else self.serving_model
+        with self._lock:
+            logits, features = tta_outputs(model, x.to(self.amp_dtype or torch.float32), self.tta,
+                                           self.confident_at, self.temperature)
         logits = logits.float().cpu() / self.temperature
         novelty = novelty_scores(self.novelty_method, logits, features.float().cpu(), self.novelty_bank)
         return logits.softmax(1), novelty
