@@ -48,7 +48,7 @@ test: install data browser
 # ones README shows (docs/screenshots/) from the real server and the shipped model.
 screenshots: install data browser
 	UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest tests/test_browser_upload.py tests/test_browser_dashboard.py \
-		tests/test_browser_admin.py
+		tests/test_browser_admin.py tests/test_browser_camera_why.py tests/test_browser_feedback.py
 
 bench-train: install data
 	$(BIN)/python -m scripts.bench_train
