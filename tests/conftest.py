@@ -177,6 +177,20 @@ def browser(playwright_driver):
     browser.close()
 
 
+def watched_page(browser, base):
+    """A page of a fresh 1280x900 context that records its console and page errors (`.errors`)
+    and every request to anything but `base` and the page's own blob:/data: URLs (`.foreign`).
+    Returns (context, page); close the context when done."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.errors, page.foreign = [], []
+    page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    local = (base + "/", "blob:" + base, "data:")
+    page.on("request", lambda r: r.url.startswith(local) or page.foreign.append(r.url))
+    return context, page
+
+
 def write_tiny_dataset(root, per_class=24, size=32, seed=0):
     """An image-folder dataset (train/<class>/*.png) where each class has its own colour, plus
     noise: learnable in a few steps, so tests can see the loss fall."""

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from admin_support import PASSWORD, TOKEN, wait_for, write_dataset
-from conftest import screenshot_path, start_server, stop_server
+from conftest import screenshot_path, start_server, stop_server, watched_page
 
 WATCHED_JOB = {"preset": "seed", "epochs": "40", "limit": "300", "batch_size": "50"}  # ~15 s of training
 
@@ -28,12 +28,7 @@ def server(tmp_path_factory, shipped_model_dir):
 
 @pytest.fixture
 def page(browser, server):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.console_errors, page.foreign = [], []
-    page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
-    local = (server, "blob:" + server, "data:")
-    page.on("request", lambda r: r.url.startswith(local) or page.foreign.append(r.url))
+    context, page = watched_page(browser, server)
     yield page
     context.close()
 
@@ -99,4 +94,4 @@ def test_admin_retrains_watches_promotes_and_serves(page, server, tmp_path):
 
     wait_for(upload_answer, 10, 0.5, "the upload page to answer with the new version")
     assert page.locator("#model-version").inner_text() == version
-    assert not page.console_errors and not page.foreign
+    assert not page.errors and not page.foreign

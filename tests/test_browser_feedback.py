@@ -5,7 +5,7 @@ re-encoded photo and accepts it with the keyboard."""
 import pytest
 
 from admin_support import PASSWORD, TOKEN
-from conftest import screenshot_path, start_server, stop_server
+from conftest import screenshot_path, start_server, stop_server, watched_page
 from web_samples import encode, noise_image
 
 pytestmark = pytest.mark.slow
@@ -23,12 +23,7 @@ def server(tmp_path_factory, shipped_model_dir):
 
 @pytest.fixture
 def page(browser, server):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.errors, page.foreign = [], []
-    page.on("console", lambda message: message.type == "error" and page.errors.append(message.text))
-    page.on("pageerror", lambda error: page.errors.append(str(error)))
-    page.on("request", lambda r: r.url.startswith((server + "/", "blob:", "data:")) or page.foreign.append(r.url))
+    context, page = watched_page(browser, server)
     yield page
     context.close()
 
