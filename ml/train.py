@@ -10,7 +10,7 @@ after the current step, writes a resume checkpoint and exits with status 3; `--r
 The pieces live beside it, as in torchvision's classification reference: optimisers, schedule and
 lookahead in ml/optim.py, stop flag and multi-process helpers in ml/distributed.py, checkpoints
 and TrainState in ml/checkpoint.py, the model card in ml/card.py, the starting model (fresh or
-`--init-from` a trained one) in ml/finetune.py.
+`--init-from` a trained one) in ml/finetune.py, what a run trains on in ml/training_data.py.
 """
 
 import argparse
@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from ml.augment import cached_client_bank, client_mix, training_inputs
+from ml.augment import client_mix, training_inputs
 from ml.calibrate import calibrated_report, fit_novelty_and_measure
 from ml.card import make_card, weights_digest
 from ml.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from ml.data import (CIFAR_MEAN, CIFAR_STD, alternating_flip, iterate_batches, load_dataset, with_extra_training_images)
+from ml.data import CIFAR_MEAN, CIFAR_STD, alternating_flip, iterate_batches
 from ml.device import autocast, pick_amp_dtype, pick_device
 from ml.distributed import (StopFlag, distributed_info, finish_distributed, init_distributed, stop_agreed,
-                            sync_buffers, wait_for_all)
-from ml.download import DownloadError, download_cifar10
+                            sync_buffers)
+from ml.download import DownloadError
 from ml.evaluate import predict_logits, report_from_logits, serving_section
 from ml.libc import keep_freed_memory
 from ml.finetune import FINETUNE_EPOCHS, FINETUNE_LR_SCALE, fine_tuning, initial_model
@@ -44,6 +44,7 @@ from ml.optim import Lookahead, lr_factor, make_optimizer, set_lr
 from ml.presets import PRESETS, add_hyperparameter_flags, preset_with_flags
 from ml.progress import EpochMeter, terminal_line
 from ml.serving_policy import merged
+from ml.training_data import training_data
 
 EXIT_STOPPED = 3  # stopped by SIGTERM/SIGINT after writing a resume checkpoint
 NORM = (CIFAR_MEAN, CIFAR_STD)
@@ -167,23 +168,9 @@ def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="aut
     keep_freed_memory()
     wall_start = time.perf_counter()
     torch.manual_seed(config["seed"])
-    if download:
-        if rank == 0:
-            download_cifar10(config["data"])
-        wait_for_all(world)
-    dataset = load_dataset(config["data"], val_size=config["val_size"], split_seed=config["split_seed"],
-                           limit=config["limit"])
-    base_train_images = len(dataset.train)
-    if config.get("extra_data"):
-        dataset = with_extra_training_images(dataset, config["extra_data"])
+    dataset, client_bank, base_train_images = training_data(config, download, rank, world)
     if world > 1 and config["batch_size"] % world:
         raise ValueError(f"batch size {config['batch_size']} is not divisible by {world} processes")
-    client_bank = cached_client_bank(dataset.train.images, Path(config["data"]) / ".cache", config["seed"]) \
-        if config["serving_aug"] else None
-    if config["classes"]:  # the open-set protocol's known classes, with the full run's cached bank
-        known = torch.isin(dataset.train.labels, torch.tensor([dataset.classes.index(c) for c in config["classes"]]))
-        dataset = dataset.only_classes(config["classes"])
-        client_bank = client_bank[:, known] if client_bank is not None else None
     amp_dtype = pick_amp_dtype(config["precision"], device)
     state = new_state(config, dataset, device, amp_dtype)
     model = state.model
