@@ -231,7 +231,7 @@ def peer_series(label, python, tta, workers, photos, args, work) -> dict:
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
-    return {"label": label, "rows": [row]}
+    return {"label": label, "tta": tta, "rows": [row]}
 
 
 def wait_until_answers(base, single, process, timeout=180):
@@ -264,7 +264,7 @@ def multi_bodies(photos) -> list:
 
 # ---- report ----
 
-def goals(ours, off, peers, ceilings, cards_tta) -> str:
+def goals(ours, off, peers, ceilings, cards_tta, level) -> str:
     """The issue's goals at concurrency 16, one photo per request, against this run's figures."""
     top = next(r for r in ours["rows"] if r["concurrency"] == max(CONCURRENCY) and r["path"] == "1 image/request")
     lines = ["| goal | measured | met |", "|---|---|---|"]
@@ -272,17 +272,21 @@ def goals(ours, off, peers, ceilings, cards_tta) -> str:
     def goal(text, measured, met):
         lines.append(f"| {text} | {measured} | {'yes' if met else '**no**'} |")
     goal("at least 100 photos/s", f"{top['images_per_s']:.1f}", top["images_per_s"] >= 100)
+    others = []
     for peer in peers:
         row = peer["rows"][0]
         ratio = top["images_per_s"] / row["images_per_s"]
-        goal(f"at least 2x the LitServe peer ({peer['label']})", f"{ratio:.2f}x ({row['images_per_s']:.1f} photos/s, "
-             f"{row['errors']} errors)", ratio >= 2)
+        if peer["tta"] == level:  # the goal's "equal TTA": the peer runs the level our policy tops out at
+            goal(f"at least 2x the LitServe peer ({peer['label']})", f"{ratio:.2f}x ({row['images_per_s']:.1f} "
+                 f"photos/s, {row['errors']} errors)", ratio >= 2)
+        else:
+            others.append(f"ours over {peer['label']} (not equal TTA): {ratio:.2f}x")
     goal("p99 at most 4x p50", f"{top['p99_ms'] / top['p50_ms']:.2f}", top["p99_ms"] <= 4 * top["p50_ms"])
     goal("zero errors", str(top["errors"]), top["errors"] == 0)
     ratio = top["images_per_s"] / ceilings["single"]
     goal("at least 0.8 of the in-process ceiling", f"{ratio:.2f}", ratio >= 0.8)
     lines.append(f"\nserved TTA policy: {cards_tta}; batching off at concurrency 16: "
-                 f"{off['rows'][0]['images_per_s']:.1f} photos/s")
+                 f"{off['rows'][0]['images_per_s']:.1f} photos/s" + "".join(f"; {o}" for o in others))
     return "\n".join(lines)
 
 
@@ -353,7 +357,7 @@ def main():
     print()
     print(table(results, best))
     print()
-    print(goals(ours, off, peers, best, policy))
+    print(goals(ours, off, peers, best, policy, level))
     if args.json:
         Path(args.json).write_text(json.dumps({"ceilings": ceilings, "results": results}, indent=1))
 

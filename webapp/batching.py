@@ -1,8 +1,9 @@
 """Micro-batching inside a worker: the photos of concurrent requests run as one forward pass.
 
 Leader/follower, no extra thread: a request thread that finds no batch in progress leads one. It
-waits up to BATCH_WINDOW_MS for the requests this worker is already decoding (never for requests
-that may or may not come: alone, a request runs at once), takes the queued requests of the same
+waits up to BATCH_WINDOW_MS for the requests this worker is already receiving or decoding (the
+`decode` step of a request includes reading its body; never for requests that may or may not
+come: alone, a request runs at once), takes the queued requests of the same
 Predictor up to BATCH_MAX_IMAGES images, runs them in one `predict_arrays` call and hands each
 request its own results. Requests queued meanwhile wait; when the batch is done the oldest of them
 leads the next one. A batch never mixes Predictors, so after a hot swap every answer still comes

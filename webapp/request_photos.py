@@ -94,9 +94,16 @@ def classify_request(fields=("image",), max_files: int | None = None):
     Returns (predictor, [(filename, array, result)]) in upload order, or raises RequestError
     without predicting anything when any file is missing, refused or unreadable.
     """
-    files = collect_files(fields)
-    check_count(files, max_files or int(current_app.config["MAX_FILES"]))
-    predictor = current_predictor()
-    arrays, results = batcher(current_app).classify(predictor, lambda: decode_all(predictor, files))
+    predictor, files = current_predictor(), []
+    limit = max_files or int(current_app.config["MAX_FILES"])
+
+    def receive() -> list:
+        # the body is read and parsed here, inside the batcher's decode step, so that a batch
+        # leader already waits for this request while its photos are still being received
+        files.extend(collect_files(fields))
+        check_count(files, limit)
+        return decode_all(predictor, files)
+
+    arrays, results = batcher(current_app).classify(predictor, receive)
     count_predictions(results)
     return predictor, [(name, array, result) for (name, _), array, result in zip(files, arrays, results)]

@@ -10,7 +10,6 @@ refused: the previous one keeps serving and `serving_status()` reports the error
 import os
 import threading
 import time
-from pathlib import Path
 
 import torch
 from flask import current_app
@@ -93,7 +92,7 @@ def _served_model() -> ServedModel:
     threshold = _novelty_threshold()
     # the threshold is part of the key: two apps of one process with different settings must not
     # share a Predictor
-    key = (str(model_store.root), str(Path(model_store.shipped_dir).resolve()), threshold)
+    key = (str(model_store.root), str(model_store.shipped_dir), threshold)  # resolve(): 1.4% of a worker
     with _lock:
         if key not in _served:
             torch.set_num_threads(int(current_app.config["TORCH_THREADS"]))
