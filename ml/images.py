@@ -59,8 +59,10 @@ def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Apply EXIF orientation, flatten alpha onto white, and convert any mode to 8-bit RGB."""
-    ImageOps.exif_transpose(image, in_place=True)  # not a copy of every upload (2.5% of a served worker's time)
+    """Apply EXIF orientation, flatten alpha onto white, and convert any mode to 8-bit RGB. The
+    orientation is applied to `image` itself, and an RGB image comes back as it is: no full-size
+    copies of every upload (they were 2.5% of a served worker's time)."""
+    ImageOps.exif_transpose(image, in_place=True)
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16-bit greyscale: keep the top 8 bits instead of clipping everything above 255 to white
         array = np.asarray(image, dtype=np.uint32)
@@ -72,7 +74,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image if image.mode == "RGB" else image.convert("RGB")  # convert() would copy an RGB image
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def resize_center_crop(image: Image.Image, size: int = 32) -> Image.Image:

@@ -71,7 +71,7 @@ def rows_for(model_dir, tta, threads, seconds, folder, compile_rows=False):
                    # int8: dynamic quantisation covers the Linear head only (convolutions stay fp32)
                    "PyTorch int8 dynamic": torch_runner(int8, images, None)}
         if compiled is not None:
-            engines.update({"torch.compile fp32": torch_runner(compiled, images, None)})
+            engines["torch.compile fp32"] = torch_runner(compiled, images, None)
         for engine, times in measure(engines, seconds).items():
             yield tta, batch, engine, batch / statistics.median(times), batch / min(times)
 

@@ -7,10 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import make_model_dir
+from conftest import image_bytes, make_model_dir
 from ml.images import CorruptImageError
 from ml.predict import Predictor
-from webapp.batching import MicroBatcher
+from webapp import create_app, request_photos
+from webapp.batching import MicroBatcher, batcher
 
 
 class RecordingPredictor(Predictor):
@@ -165,10 +166,12 @@ def test_off_runs_each_request_alone(predictors, window_ms, max_images):
         same(results, expected(predictor, arrays))
 
 
+def app_config(tmp_path, model_dir) -> dict:
+    return {"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance"), "MODEL_DIR": str(model_dir)}
+
+
 def test_settings_reach_the_app(tmp_path, tiny_model_dir, monkeypatch):
-    from webapp import create_app
-    from webapp.batching import batcher
-    config = {"TESTING": True, "INSTANCE_PATH": str(tmp_path / "instance"), "MODEL_DIR": str(tiny_model_dir)}
+    config = app_config(tmp_path, tiny_model_dir)
     monkeypatch.setenv("BATCH_WINDOW_MS", "0")
     assert not batcher(create_app(config)).enabled
     monkeypatch.delenv("BATCH_WINDOW_MS")
@@ -194,3 +197,18 @@ def test_at_most_decode_slots_photos_are_decoded_at_once(predictors):
     for thread in threads:
         thread.join(30)
     assert most[0] == 2
+
+
+def test_a_request_is_awaited_while_its_body_is_still_being_read(tmp_path, tiny_model_dir, monkeypatch):
+    """The body is read inside the batcher's decode step, so a batch leader already counts the
+    request (and waits for it within the window) before its photos have arrived."""
+    app = create_app(app_config(tmp_path, tiny_model_dir))
+    counted_while_reading, read = [], request_photos.collect_files
+
+    def collect_files(fields):
+        counted_while_reading.append(batcher(app)._decoding)
+        return read(fields)
+    monkeypatch.setattr(request_photos, "collect_files", collect_files)
+    response = app.test_client().post("/api/v1/predict", data=image_bytes(), content_type="image/jpeg")
+    assert response.status_code == 200 and counted_while_reading == [1]
+    assert batcher(app)._decoding == 0
