@@ -24,8 +24,8 @@ from ml.evaluate import (SUITE_CORRUPTION_IMAGES, SUITE_VARIANT_IMAGES, ModelRun
                          load_model_split, novelty_report, predict_outputs, report_from_logits,
                          robustness_report)
 from ml.modelfile import gallery_files, load_model_dir, novelty_file, write_model_dir
-from ml.novelty import (BANK_SIZE, DEFAULT_KEEP_SHARE, DEFAULT_METHOD, KNN_K, METHODS, fit_threshold,
-                        novelty_scores, training_bank)
+from ml.novelty import (BANK_SIZE, DEFAULT_KEEP_SHARE, DEFAULT_METHOD, ENERGY_TEMPERATURE, KNN_K, METHODS,
+                        fit_threshold, novelty_scores, training_bank)
 
 PACKAGE_PHOTOS = "package-photos"  # under the data folder, made by scripts/export_package_photos.py
 
@@ -73,28 +73,33 @@ def calibrated_report(model, dataset, device, tta, norm, shifted=True):
 
 
 def fit_novelty(model, dataset, device, norm, val_logits, val_features, method=DEFAULT_METHOD,
-                keep_share=DEFAULT_KEEP_SHARE, seed=0):
-    """(card section, training-feature bank): the novelty method, its bank of normalised training
-    features and the threshold that `keep_share` of the validation images stay under."""
+                keep_share=DEFAULT_KEEP_SHARE, seed=0, temperature=ENERGY_TEMPERATURE):
+    """(card section, training-feature bank): the novelty method (energy at `temperature`), its bank
+    of normalised training features and the threshold that `keep_share` of the validation images
+    stay under."""
     sample = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(seed))[:BANK_SIZE]
     train_features = predict_outputs(model, Split(dataset.train.images[sample], dataset.train.labels[sample]),
                                      device, norm=norm)[1]
     bank = training_bank(train_features)
-    threshold = fit_threshold(novelty_scores(method, val_logits, val_features, bank), keep_share)
+    threshold = fit_threshold(novelty_scores(method, val_logits, val_features, bank, temperature), keep_share)
     spec = {"method": method, "threshold": threshold, "keep_share": keep_share,
             "fitted_on": f"{len(val_logits)} {dataset.val_name} images"}
+    if method == "energy":
+        spec["energy_temperature"] = temperature
     if method == "knn":
         spec.update(k=KNN_K, bank_images=len(bank))
     return spec, bank
 
 
 def fit_novelty_and_measure(model, card, dataset, device, val_logits, val_features, data_root, suite=True,
-                            method=DEFAULT_METHOD, keep_share=DEFAULT_KEEP_SHARE):
+                            method=DEFAULT_METHOD, keep_share=DEFAULT_KEEP_SHARE,
+                            energy_temperature=ENERGY_TEMPERATURE):
     """(card, extra files): the card with its fitted novelty section and, with `suite`, the
     robustness suite's and far-out sets' figures (bf16 where the hardware has it); the files hold
     the feature bank."""
     norm = (card["normalization"]["mean"], card["normalization"]["std"])
-    novelty, bank = fit_novelty(model, dataset, device, norm, val_logits, val_features, method, keep_share)
+    novelty, bank = fit_novelty(model, dataset, device, norm, val_logits, val_features, method, keep_share,
+                                temperature=energy_temperature)
     files = {}
     if method == "knn":
         files, novelty["bank_sha256"] = novelty_file(bank)
@@ -119,6 +124,9 @@ def main(argv=None):
                              "calibration mix of client round trips and corruptions (default)")
     parser.add_argument("--novelty-method", default=DEFAULT_METHOD, choices=METHODS,
                         help="the 'none of these' score (README: chosen by measurement)")
+    parser.add_argument("--energy-temperature", type=float, default=ENERGY_TEMPERATURE,
+                        help="temperature t of the energy score -t * logsumexp(logits / t), on the "
+                             "calibrated logits (README: chosen by measurement; 1 is Liu et al.'s)")
     parser.add_argument("--keep-share", type=float, default=DEFAULT_KEEP_SHARE,
                         help="share of validation images that stay recognised at the threshold")
     args = parser.parse_args(argv)
@@ -132,7 +140,8 @@ def main(argv=None):
     before = card["evaluation"]["ece"]
     card, novelty_files = fit_novelty_and_measure(model, dict(card, temperature=temperature, evaluation=report),
                                                   dataset, device, logits, features, args.data,
-                                                  method=args.novelty_method, keep_share=args.keep_share)
+                                                  method=args.novelty_method, keep_share=args.keep_share,
+                                                  energy_temperature=args.energy_temperature)
     novelty = card["novelty"]
     write_model_dir(args.model, model, card, {**gallery_files(dataset.val.images, report, dataset.train,
                                                               dataset.classes), **novelty_files})

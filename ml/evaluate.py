@@ -21,7 +21,7 @@ from ml.data import Split, iterate_batches, load_dataset, normalize
 from ml.device import autocast, pick_amp_dtype, pick_device
 from ml.modelfile import CARD_FILE, load_model_dir, load_novelty_bank, write_json_atomic
 from ml.models import tta_outputs
-from ml.novelty import METHODS, auroc, novelty_scores
+from ml.novelty import METHODS, auroc, energy_temperature, novelty_scores
 
 CALIBRATION_BINS = 15
 
@@ -122,13 +122,15 @@ class ModelRunner:
         spec = self.card.get("novelty")
         if not spec:
             return None
-        scores = novelty_scores(spec["method"], logits, features, self.novelty_bank)
+        scores = novelty_scores(spec["method"], logits, features, self.novelty_bank, energy_temperature(spec))
         return (scores <= spec["threshold"]).float().mean().item()
 
     def novelty(self, images: torch.Tensor, methods=METHODS) -> dict:
-        """{method: novelty scores} for the images (knn only with a training-feature bank)."""
+        """{method: novelty scores} for the images (knn only with a training-feature bank; energy
+        at the card's temperature)."""
         logits, features = self.outputs(images)
-        return {m: novelty_scores(m, logits, features, self.novelty_bank) for m in methods
+        temperature = energy_temperature(self.card.get("novelty") or {})
+        return {m: novelty_scores(m, logits, features, self.novelty_bank, temperature) for m in methods
                 if m != "knn" or self.novelty_bank is not None}
 
 

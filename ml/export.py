@@ -36,7 +36,7 @@ from ml.evaluate import load_model_split
 from ml.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
 from ml.modelfile import load_model_dir, load_novelty_bank, sha256_file, write_json_atomic
 from ml.models import tta_outputs
-from ml.novelty import KNN_K, kth_neighbour_distance, novelty_scores
+from ml.novelty import KNN_K, energy_temperature, kth_neighbour_distance, novelty_scores
 from ml.predict import Predictor
 from ml.serving_policy import serving_tta
 
@@ -61,6 +61,7 @@ class ExportedClassifier(nn.Module):
         self.norm = (card["normalization"]["mean"], card["normalization"]["std"])
         self.temperature = float(card.get("temperature", 1.0))
         self.novelty_method = (card.get("novelty") or {}).get("method", "msp")
+        self.energy_temperature = energy_temperature(card.get("novelty") or {})
         self.register_buffer("bank", bank if bank is not None else torch.zeros(0))
 
     def forward(self, image):
@@ -70,7 +71,7 @@ class ExportedClassifier(nn.Module):
         if self.novelty_method == "knn":
             novelty = kth_neighbour_distance(features, self.bank)
         else:
-            novelty = novelty_scores(self.novelty_method, logits)
+            novelty = novelty_scores(self.novelty_method, logits, temperature=self.energy_temperature)
         return logits.softmax(1), logits, novelty
 
 
@@ -132,7 +133,9 @@ def export_card(card: dict, fmt: str, tta: int) -> dict:
     norm = card["normalization"]
     novelty = card.get("novelty") or {}
     method = novelty.get("method", "msp")
-    scores = {"msp": "minus the highest probability", "energy": "minus logsumexp(logits)",
+    t = energy_temperature(novelty)
+    scores = {"msp": "minus the highest probability",
+              "energy": f"minus {t:g} * logsumexp(logits / {t:g})" if t != 1 else "minus logsumexp(logits)",
               "knn": "distance of the L2-normalised penultimate features (plain view) to their "
                      f"{KNN_K}th nearest neighbour in a bank of training features, embedded in the graph"}
     return {

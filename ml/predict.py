@@ -22,7 +22,7 @@ from ml.data import normalize
 from ml.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from ml.modelfile import load_model_dir, load_novelty_bank
 from ml.models import tta_outputs
-from ml.novelty import novelty_scores
+from ml.novelty import energy_temperature, novelty_scores
 from ml.serving_policy import cast_for_serving, serving_precision, serving_tta
 
 TOP_K = 5
@@ -55,6 +55,7 @@ class Predictor:
         # reports the minus-top-probability score.
         spec = self.card.get("novelty") or {}
         self.novelty_method = spec.get("method", "msp")
+        self.energy_temperature = energy_temperature(spec)
         self.novelty_bank = load_novelty_bank(model_dir, self.card)
         self.novelty_threshold = novelty_threshold if novelty_threshold is not None else spec.get("threshold")
         self._lock = threading.Lock()  # serialises forward passes: one batch at a time per model
@@ -90,7 +91,8 @@ class Predictor:
             logits, features = tta_outputs(model, x.to(self.amp_dtype or torch.float32), self.tta,
                                            self.confident_at, self.temperature)
         logits = logits.float().cpu() / self.temperature
-        novelty = novelty_scores(self.novelty_method, logits, features.float().cpu(), self.novelty_bank)
+        novelty = novelty_scores(self.novelty_method, logits, features.float().cpu(), self.novelty_bank,
+                                 self.energy_temperature)
         return logits.softmax(1), novelty
 
     def describe(self, probs: torch.Tensor, novelty: float) -> dict:

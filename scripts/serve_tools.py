@@ -115,10 +115,12 @@ def free_port() -> int:
 
 
 class Server:
-    """`gunicorn -c gunicorn.conf.py wsgi:app` (what `make serve` runs) on a free loopback port,
-    with its own instance folder; workers are never recycled (WEB_MAX_REQUESTS=0) unless `env` says."""
+    """`gunicorn -c gunicorn.conf.py wsgi:app` (what `make serve` runs; another `app` or `config`
+    for a benchmark's baseline) on a free loopback port, with its own instance folder; workers are
+    never recycled (WEB_MAX_REQUESTS=0) unless `env` says."""
 
-    def __init__(self, instance, model_dir=SHIPPED_MODEL, env=None, log=None):
+    def __init__(self, instance, model_dir=SHIPPED_MODEL, env=None, log=None, app="wsgi:app",
+                 config="gunicorn.conf.py"):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.instance = Path(instance)
@@ -131,7 +133,7 @@ class Server:
         self.started = time.perf_counter()
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=PROJECT_ROOT,
+                [sys.executable, "-m", "gunicorn", "-c", str(config), app], cwd=PROJECT_ROOT,
                 env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
     def first_prediction(self, photo: tuple, timeout: float = 120) -> float:

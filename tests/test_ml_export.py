@@ -20,6 +20,7 @@ from ml.predict import Predictor
 from webapp.exports import SUFFIXES
 
 TEMPERATURE = 1.7
+ENERGY_T = 3.0  # the novelty score's own temperature, as the card states it
 
 
 def with_card(folder, **changes):
@@ -33,7 +34,8 @@ def served_like_the_site(tmp_path_factory):
     """A tiny model with what the shipped one has: full TTA, a temperature, an energy threshold."""
     folder = make_model_dir(tmp_path_factory.mktemp("export") / "tta2")
     return with_card(folder, tta=2, temperature=TEMPERATURE,
-                     novelty={"method": "energy", "threshold": -2.3026, "keep_share": 0.95})
+                     novelty={"method": "energy", "energy_temperature": ENERGY_T, "threshold": -2.3026,
+                              "keep_share": 0.95})
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,9 @@ def test_every_output_matches_the_predictor_at_any_batch_size(fmt, exports, serv
         np.testing.assert_allclose(probabilities, reference.numpy(), atol=1e-5)
         np.testing.assert_allclose(novelty, reference_novelty.numpy(), atol=1e-4)
         np.testing.assert_allclose(logits.argmax(1), reference.numpy().argmax(1))
+        # the card's energy temperature, applied in the graph as by the Predictor
+        expected = -ENERGY_T * torch.logsumexp(torch.from_numpy(logits).double() / ENERGY_T, 1)
+        np.testing.assert_allclose(novelty, expected.numpy(), atol=1e-4)
 
 
 def test_the_card_is_next_to_the_file_and_embedded_in_it(exports):
@@ -94,6 +99,7 @@ def test_the_card_is_next_to_the_file_and_embedded_in_it(exports):
     assert card["temperature"] == TEMPERATURE and card["classes"][0] == "airplane"
     assert card["tta"]["level"] == 2 and len(card["tta"]["views"]) == 6 and card["tta"]["in_graph"]
     assert card["novelty"]["method"] == "energy" and card["novelty"]["threshold"] == -2.3026
+    assert card["novelty"]["score"] == "minus 3 * logsumexp(logits / 3)"
     assert card["input"] == {"name": "image", "dtype": "uint8", "shape": ["batch", 32, 32, 3],
                              "layout": card["input"]["layout"]}
     steps = card["preprocessing"]

@@ -11,7 +11,7 @@ from ml import CIFAR10_CLASSES
 from ml.data import Dataset, Split, normalize
 from ml.modelfile import CARD_FILE, NOVELTY_FILE, ModelFileError, load_model_dir, load_novelty_bank, novelty_file
 from ml.models import build_model, tta_logits, tta_outputs
-from ml.novelty import auroc, fit_threshold, knn_distance, normalise, novelty_scores, training_bank
+from ml.novelty import auroc, energy_temperature, fit_threshold, knn_distance, normalise, novelty_scores, training_bank
 
 
 def brute_force_auroc(known, unknown) -> float:
@@ -79,6 +79,9 @@ def test_novelty_scores_by_method():
     assert torch.allclose(msp, -logits.softmax(1).amax(1))
     assert msp[0] < msp[1]  # a confident answer is less novel than a hesitant one
     assert torch.allclose(novelty_scores("energy", logits), -torch.logsumexp(logits, 1))
+    assert torch.allclose(novelty_scores("energy", logits, temperature=4.0), -4 * torch.logsumexp(logits / 4, 1))
+    # a card from before the temperature existed scores as before
+    assert energy_temperature({"method": "energy"}) == 1.0 and energy_temperature({"energy_temperature": 4}) == 4.0
     features = torch.randn(2, 4)
     bank = normalise(torch.randn(30, 4))
     assert torch.equal(novelty_scores("knn", logits, features, bank), knn_distance(features, bank))

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import PROJECT_ROOT
 from ml.modelfile import load_model_dir
-from ml.novelty import DEFAULT_METHOD
+from ml.novelty import DEFAULT_METHOD, ENERGY_TEMPERATURE
 from ml.distributed import StopFlag
 from ml.presets import PRESETS
 from ml.train import EXIT_STOPPED, build_parser, resolve_config, train
@@ -243,6 +243,7 @@ def test_training_ends_with_novelty_and_robustness_in_the_card(
     _, loaded = load_model_dir(tmp_path / "model")
     novelty = loaded["novelty"]
     assert novelty["method"] == DEFAULT_METHOD and novelty["keep_share"] == 0.95
+    assert novelty["energy_temperature"] == ENERGY_TEMPERATURE
     assert isinstance(novelty["threshold"], float)
     # the energy score needs no training-feature bank, so none is stored (knn's is, see test_ml_novelty)
     assert load_novelty_bank(tmp_path / "model", loaded) is None and not (tmp_path / "model" / NOVELTY_FILE).exists()

@@ -21,7 +21,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TTA_LEVELS = {0: "none", 1: "mirror image averaged in", 2: "mirror image and one-pixel shifts averaged in"}
 NOVELTY_METHODS = {  # ml/novelty.py's scores, in words
     "msp": "maximum softmax probability (minus the top class's calibrated probability)",
-    "energy": "energy score (minus the log-sum-exp of the calibrated logits)",
+    "energy": "energy score (minus the log-sum-exp of the calibrated logits, at the temperature shown)",
     "knn": "feature distance to the k-th nearest training image (normalised penultimate features)",
 }
 # A card part in a shape the page cannot read is reported as missing, not as a server error.
@@ -131,7 +131,7 @@ def novelty(card, model):
     far_out, open_set = spec.get("far_out"), spec.get("open_set")
     return {"method": method, "method_text": NOVELTY_METHODS.get(method, ""), "threshold": spec.get("threshold"),
             "keep_share": spec.get("keep_share"), "fitted_on": spec.get("fitted_on"), "k": spec.get("k"),
-            "bank_images": spec.get("bank_images"),
+            "bank_images": spec.get("bank_images"), "energy_temperature": spec.get("energy_temperature"),
             "far_out": _detection(far_out, method) if far_out else None,
             "open_set": _detection(open_set, method) if open_set else None}
 
