@@ -1,6 +1,6 @@
 """What a served photo costs before the model sees it: the real server against a floor app.
 
-    python -m scripts.bench_http_floor [--concurrency 16] [--cycles 8]
+    python -m scripts.bench_http_floor [--concurrency 16] [--cycles 40]
 
 Both run under gunicorn with gunicorn.conf.py's settings (workers, request threads, access log,
 malloc trim), driven by bench-serve's load generator with its client photos, one per request. The
@@ -61,7 +61,8 @@ def measured(server, bodies, concurrency, total) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=16, help="keep-alive clients")
-    parser.add_argument("--cycles", type=int, default=8, help="requests per server: this many passes over the photos")
+    parser.add_argument("--cycles", type=int, default=40,
+                        help="requests per server: this many passes over the photos")
     parser.add_argument("--rounds", type=int, default=4, help="photos: this many of each client kind")
     args = parser.parse_args()
     exit_on_sigterm()
