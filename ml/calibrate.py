@@ -127,6 +127,9 @@ def main(argv=None):
     parser.add_argument("--energy-temperature", type=float, default=ENERGY_TEMPERATURE,
                         help="temperature t of the energy score -t * logsumexp(logits / t), on the "
                              "calibrated logits (README: chosen by measurement; 1 is Liu et al.'s)")
+    parser.add_argument("--suite", action=argparse.BooleanOptionalAction, default=True,
+                        help="re-measure the robustness suite and far-out sets into the card (minutes); "
+                             "--no-suite refits the temperature and the novelty threshold only")
     parser.add_argument("--keep-share", type=float, default=DEFAULT_KEEP_SHARE,
                         help="share of validation images that stay recognised at the threshold")
     args = parser.parse_args(argv)
@@ -139,7 +142,7 @@ def main(argv=None):
                                                               args.fit_on == "shifted")
     before = card["evaluation"]["ece"]
     card, novelty_files = fit_novelty_and_measure(model, dict(card, temperature=temperature, evaluation=report),
-                                                  dataset, device, logits, features, args.data,
+                                                  dataset, device, logits, features, args.data, args.suite,
                                                   method=args.novelty_method, keep_share=args.keep_share,
                                                   energy_temperature=args.energy_temperature)
     novelty = card["novelty"]

@@ -8,10 +8,13 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import PROJECT_ROOT
+from ml import calibrate
+from ml.evaluate import load_model_split, predict_outputs
 from ml.modelfile import load_model_dir
-from ml.novelty import DEFAULT_METHOD, ENERGY_TEMPERATURE
+from ml.novelty import DEFAULT_METHOD, ENERGY_TEMPERATURE, fit_threshold, novelty_scores
 from ml.distributed import StopFlag
 from ml.presets import PRESETS
 from ml.train import EXIT_STOPPED, build_parser, resolve_config, train
@@ -212,6 +215,22 @@ def test_calibrate_cli_refits_on_the_training_runs_own_validation_split(tmp_path
     assert rewritten["evaluation"]["images"] == 60
     assert rewritten["temperature"] == pytest.approx(card["temperature"], rel=1e-4)
     assert rewritten["evaluation"]["accuracy"] == pytest.approx(card["evaluation"]["accuracy"])
+
+
+def test_calibrate_refits_the_novelty_threshold_at_the_energy_temperature_asked(tmp_path, tiny_dataset):
+    run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
+              "--epochs", "1", "--batch-size", "40", "--precision", "fp32", "--val-size", "60")
+    calibrate.main(["--model", str(tmp_path / "model"), "--data", str(tiny_dataset), "--no-suite",
+                    "--energy-temperature", "2.5"])
+    model, card = load_model_dir(tmp_path / "model")
+    novelty = card["novelty"]
+    assert novelty["method"] == "energy" and novelty["energy_temperature"] == 2.5
+    assert "robustness" not in card and "far_out" not in novelty  # --no-suite measured nothing more
+    dataset = load_model_split(str(tiny_dataset), card)
+    logits = predict_outputs(model, dataset.val, torch.device("cpu"), tta=card["tta"],
+                             norm=(card["normalization"]["mean"], card["normalization"]["std"]))[0]
+    scores = novelty_scores("energy", logits / card["temperature"], temperature=2.5)
+    assert novelty["threshold"] == pytest.approx(fit_threshold(scores, 0.95), abs=1e-4)
 
 
 def small_suite(monkeypatch):
