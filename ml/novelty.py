@@ -19,8 +19,10 @@ METHODS = ("msp", "energy", "knn")
 # Energy: on the previous shipped model it separated every far-out set better than knn and msp
 # (noise 0.91 against 0.86 and 0.86; solid colours 0.97 against 0.94 and 0.95); README, "None of these".
 DEFAULT_METHOD = "energy"
-# t = 4: on the open-set protocol's 8-class models it ranked held-out classes better than t = 1
-# (README, "None of these"), with the far-out sets' AUROC unchanged on the shipped model.
+# t = 4, measured on the open-set protocol's 8-class models (no label smoothing, README): held-out
+# classes' AUROC at t = 1 / 2 / 4 / 8 was 0.815 / 0.825 / 0.835 / 0.842 for airplane + truck and
+# 0.889 / 0.885 / 0.878 / 0.871 for cat + dog (means 0.852 / 0.855 / 0.857 / 0.857); the far-out
+# sets' AUROC stayed within 0.003 over t = 1..8 on the label-smoothed model shipped before.
 ENERGY_TEMPERATURE = 4.0
 DEFAULT_KEEP_SHARE = 0.95  # validation images that must stay recognised at the threshold
 KNN_K = 10                 # k for a bank of ~10,000 training features (Sun et al.: k=50 for 50,000)
