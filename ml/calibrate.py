@@ -73,19 +73,20 @@ def calibrated_report(model, dataset, device, tta, norm, shifted=True):
 
 
 def fit_novelty(model, dataset, device, norm, val_logits, val_features, method=DEFAULT_METHOD,
-                keep_share=DEFAULT_KEEP_SHARE, seed=0, temperature=ENERGY_TEMPERATURE):
-    """(card section, training-feature bank): the novelty method (energy at `temperature`), its bank
+                keep_share=DEFAULT_KEEP_SHARE, seed=0, energy_temperature=ENERGY_TEMPERATURE):
+    """(card section, training-feature bank): the novelty method (energy at `energy_temperature`), its bank
     of normalised training features and the threshold that `keep_share` of the validation images
     stay under."""
     sample = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(seed))[:BANK_SIZE]
     train_features = predict_outputs(model, Split(dataset.train.images[sample], dataset.train.labels[sample]),
                                      device, norm=norm)[1]
     bank = training_bank(train_features)
-    threshold = fit_threshold(novelty_scores(method, val_logits, val_features, bank, temperature), keep_share)
+    threshold = fit_threshold(novelty_scores(method, val_logits, val_features, bank, energy_temperature),
+                              keep_share)
     spec = {"method": method, "threshold": threshold, "keep_share": keep_share,
             "fitted_on": f"{len(val_logits)} {dataset.val_name} images"}
     if method == "energy":
-        spec["energy_temperature"] = temperature
+        spec["energy_temperature"] = energy_temperature
     if method == "knn":
         spec.update(k=KNN_K, bank_images=len(bank))
     return spec, bank
@@ -99,7 +100,7 @@ def fit_novelty_and_measure(model, card, dataset, device, val_logits, val_featur
     the feature bank."""
     norm = (card["normalization"]["mean"], card["normalization"]["std"])
     novelty, bank = fit_novelty(model, dataset, device, norm, val_logits, val_features, method, keep_share,
-                                temperature=energy_temperature)
+                                energy_temperature=energy_temperature)
     files = {}
     if method == "knn":
         files, novelty["bank_sha256"] = novelty_file(bank)

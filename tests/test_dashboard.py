@@ -303,12 +303,14 @@ def test_a_threshold_setting_is_shown_beside_the_cards(tmp_path):
     assert re.search(r"0\.877 in the card; this server uses\s+0\.900 \(the <code>NOVELTY_THRESHOLD</code>", novelty)
 
 
-def test_the_energy_score_shows_its_temperature(tmp_path):
-    spec = dict(novelty_part(), method="energy", energy_temperature=4.0, threshold=-3.1)
+@pytest.mark.parametrize("named, shown", [({"energy_temperature": 4.0}, "temperature 4.0"),
+                                          ({}, "temperature 1.0")])  # a card from before it: t = 1
+def test_the_energy_score_shows_its_temperature(tmp_path, named, shown):
+    spec = dict(novelty_part(), method="energy", threshold=-3.1, **named)
     model_dir = make_full_model_dir(tmp_path / "model", novelty=spec)
     novelty = section(make_client(tmp_path, model_dir).get("/dashboard").get_data(as_text=True), "none-of-these")
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", novelty))
-    assert "energy score" in text and "temperature 4.0" in text and "k = 10" not in text
+    assert "energy score" in text and shown in text and "k = 10" not in text
 
 
 def test_a_card_without_the_new_sections_does_not_show_them(page):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flask import url_for
 
+from ml.novelty import energy_temperature
 from webapp import charts
 from webapp.formatting import duration, finite, num
 
@@ -131,7 +132,7 @@ def novelty(card, model):
     far_out, open_set = spec.get("far_out"), spec.get("open_set")
     return {"method": method, "method_text": NOVELTY_METHODS.get(method, ""), "threshold": spec.get("threshold"),
             "keep_share": spec.get("keep_share"), "fitted_on": spec.get("fitted_on"), "k": spec.get("k"),
-            "bank_images": spec.get("bank_images"), "energy_temperature": spec.get("energy_temperature"),
+            "bank_images": spec.get("bank_images"), "energy_temperature": energy_temperature(spec),
             "far_out": _detection(far_out, method) if far_out else None,
             "open_set": _detection(open_set, method) if open_set else None}
 
