@@ -83,4 +83,4 @@ ablation: install data
 
 # The open-set protocol: 8 known classes, 2 unknown, three class splits.
 open-set: install data
-	$(BIN)/python -m scripts.open_set --epochs 4
+	$(BIN)/python -m scripts.open_set

@@ -24,9 +24,11 @@ Muon).
 # adds sensor noise, cutout_aug blanks a square. Outlier exposure (Hendrycks et al., 2019) adds
 # outlier_share x batch synthetic outliers made from training images (ml/augment.py) whose target
 # is the uniform distribution, weighted by outlier_weight (the paper's 0.5), so the model learns
-# to be unsure of what is none of the classes.
+# to be unsure of what is none of the classes. consistency weights a Jensen-Shannon loss (AugMix's;
+# the paper's weight is 12) between the first consistency_share x batch images and resampled twins
+# of them (upscaled, area-averaged back), so the answer does not flip when a client rescales.
 NO_ROBUSTNESS_TRAINING = dict(serving_aug=0.0, crop_aug=0.0, colour_aug=0.0, blur_aug=0.0, cutout_aug=0.0,
-                              outlier_share=0.0, outlier_weight=0.5)
+                              outlier_share=0.0, outlier_weight=0.5, consistency=0.0, consistency_share=0.25)
 PRESETS = {
     "seed": dict(  # the tutorial: SGD lr 0.001 momentum 0.9, batch size 5, 20 epochs, no augmentation
         arch="seednet", widths=None, epochs=20, batch_size=5, optimizer="sgd", lr=0.001, momentum=0.9,
@@ -103,6 +105,10 @@ def add_hyperparameter_flags(p):
                    help="synthetic outliers added per batch, as a share of the batch (outlier exposure)")
     p.add_argument("--outlier-weight", type=float, default=None,
                    help="weight of the outliers' uniform-target loss")
+    p.add_argument("--consistency", type=float, default=None,
+                   help="weight of the Jensen-Shannon loss between images and their resampled twins (0 = off)")
+    p.add_argument("--consistency-share", type=float, default=None,
+                   help="share of each batch given a resampled twin for the consistency loss, 0..1")
     p.add_argument("--tta", type=int, default=None, choices=[0, 1, 2],
                    help="test-time augmentation for the final report and serving")
 

@@ -64,19 +64,31 @@ def resolve_config(args) -> dict:
 def train_step(model, optimizer, scaler, images, labels, config, generator, amp_dtype):
     """One optimiser step on a batch already on the training device (uint8 images): normalise,
     augment, forward, loss (plus outlier exposure's uniform-target loss on the synthetic outliers
-    appended to the batch), backward, step. Returns (logits of the real images, loss)."""
-    x = training_inputs(images, config, generator)
+    appended to the batch, and the consistency loss between the first images and their resampled
+    twins), backward, step. Returns (logits of the real images, loss)."""
+    x, outliers, twins = training_inputs(images, config, generator)
+    n = len(labels)
     with autocast(images.device, amp_dtype):
-        out = model(x)
-        logits = out[:len(labels)]
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config["label_smoothing"])
-        if len(out) > len(labels):
-            loss = loss - config["outlier_weight"] * F.log_softmax(out[len(labels):].float(), 1).mean()
+        out = model(x).float()
+        logits = out[:n]
+        loss = F.cross_entropy(logits, labels, label_smoothing=config["label_smoothing"])
+        if outliers:
+            loss = loss - config["outlier_weight"] * F.log_softmax(out[n:n + outliers], 1).mean()
+        if twins:
+            loss = loss + config["consistency"] * jensen_shannon(logits[:twins], out[n + outliers:])
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
     return logits, loss
+
+
+def jensen_shannon(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Mean Jensen-Shannon divergence between two views' softmax answers (AugMix's consistency
+    loss, Hendrycks et al., 2020): 0 when they agree, at most log 2; gradients reach both views."""
+    p_a, p_b = logits_a.softmax(1), logits_b.softmax(1)
+    log_mixture = ((p_a + p_b) / 2).clamp_min(1e-7).log()
+    return (F.kl_div(log_mixture, p_a, reduction="batchmean") + F.kl_div(log_mixture, p_b, reduction="batchmean")) / 2
 
 
 def augmentation_generator(config, state: TrainState, device, rank) -> torch.Generator:

@@ -21,8 +21,9 @@ ROWS = [  # (row name, the flags that switch its augmentation on)
     ("+ outlier exposure, 10% of the batch", ["--outlier-share", "0.1"]),
     ("+ random-resized crop, 30%", ["--crop-aug", "0.3"]),
     ("+ cutout, 50%", ["--cutout-aug", "0.5"]),
+    ("+ resampling consistency (JS, weight 12), 25%", ["--consistency", "12"]),
 ]
-FOLDERS = ["baseline", "serving", "blur", "colour", "outliers", "crop", "cutout"]
+FOLDERS = ["baseline", "serving", "blur", "colour", "outliers", "crop", "cutout", "consistency"]
 
 
 def train_row(folder: Path, flags, epochs: int, data: str):

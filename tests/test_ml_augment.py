@@ -9,7 +9,9 @@ from PIL import Image
 
 import ml.augment
 from ml.augment import (BANK_COPIES, blur_and_noise, build_client_bank, cached_client_bank, client_mix,
-                        client_round_trip, colour_jitter, cutout, photo_augment, random_resized_crop)
+                        client_round_trip, colour_jitter, cutout, photo_augment, random_resized_crop, resampled,
+                        training_inputs)
+from ml.presets import PRESETS
 from ml.data import Split
 from ml.images import decode_image
 
@@ -201,3 +203,31 @@ def test_client_mix_swaps_about_the_share_for_round_trips_of_the_same_image():
     assert torch.equal(client_mix(split, bank, 0.3, seed=0, epoch=0).images, mixed.images)
     assert not torch.equal(client_mix(split, bank, 0.3, seed=0, epoch=1).images, mixed.images)
     assert changed(client_mix(split, bank, 1.0, seed=0, epoch=0).images, images).all()
+
+
+def test_a_resampled_twin_is_pillows_upscale_and_area_downscale(monkeypatch):
+    """The twin is what ml.images makes of a client's bilinear x3 upscale (BOX downscale)."""
+    monkeypatch.setattr(ml.augment, "RESAMPLE_FACTORS", (3,))
+    monkeypatch.setattr(ml.augment, "RESAMPLE_MODES", ("bilinear",))
+    images = uint8_images(4)
+    twin = resampled(images.float(), torch.Generator().manual_seed(0))
+    for image, got in zip(images, twin):
+        pil = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((96, 96), Image.BILINEAR)
+        expected = np.asarray(pil.resize((32, 32), Image.BOX)).astype(np.float32)
+        assert np.abs(got.permute(1, 2, 0).numpy() - expected).max() <= 2.0
+    assert changed(twin.round(), images.float()).all()  # a real low-pass, not the identity
+
+
+def test_resampled_keeps_shape_and_the_mean_and_is_reproducible_per_seed():
+    x = textured(16)
+    first = resampled(x, torch.Generator().manual_seed(4))
+    assert first.shape == x.shape and first.dtype == x.dtype
+    assert torch.equal(first, resampled(x, torch.Generator().manual_seed(4)))
+    assert first.mean().item() == pytest.approx(x.mean().item(), abs=1e-3)
+
+
+@pytest.mark.parametrize("consistency, twins", [(0.0, 0), (12.0, 5)])
+def test_training_inputs_append_outliers_then_twins_of_the_first_images(consistency, twins):
+    config = dict(PRESETS["fast"], outlier_share=0.1, consistency=consistency, consistency_share=0.25)
+    x, outliers, got_twins = training_inputs(uint8_images(20), config, torch.Generator().manual_seed(0))
+    assert (outliers, got_twins) == (2, twins) and len(x) == 20 + 2 + twins

@@ -17,7 +17,7 @@ from ml.modelfile import load_model_dir
 from ml.novelty import DEFAULT_METHOD, ENERGY_TEMPERATURE, fit_threshold, novelty_scores
 from ml.distributed import StopFlag
 from ml.presets import PRESETS
-from ml.train import EXIT_STOPPED, build_parser, resolve_config, train
+from ml.train import EXIT_STOPPED, build_parser, jensen_shannon, resolve_config, train
 
 SMALL = ["--val-size", "40", "--threads", "1"]
 
@@ -49,6 +49,23 @@ def test_short_training_lowers_the_loss(tmp_path, tiny_dataset, preset):
     assert len(loaded["history"]) == 4 and loaded["hyperparameters"]["batch_size"] == 40
     assert loaded["data"]["eval_per_class"] == {c: 4 for c in loaded["classes"]}
     assert (tmp_path / "model" / "gallery" / "samples-cat.png").is_file()
+
+
+def test_jensen_shannon_is_zero_for_agreeing_views_and_symmetric_and_at_most_log_2():
+    a, b = torch.randn(8, 10, generator=torch.Generator().manual_seed(0)), torch.randn(8, 10)
+    assert jensen_shannon(a, a + 3.0).item() == pytest.approx(0.0, abs=1e-6)  # same softmax
+    assert jensen_shannon(a, b).item() == pytest.approx(jensen_shannon(b, a).item())
+    opposite = torch.tensor([[40.0, 0.0], [0.0, 40.0]])
+    assert 0 < jensen_shannon(a, b).item() < jensen_shannon(opposite, opposite.flip(1)).item() <= 0.6932
+
+
+def test_the_consistency_loss_trains_and_is_in_the_card(tmp_path, tiny_dataset):
+    card, records = run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
+                              "--epochs", "3", "--batch-size", "40", "--precision", "fp32",
+                              "--consistency", "12", "--consistency-share", "0.5")
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert (card["hyperparameters"]["consistency"], card["hyperparameters"]["consistency_share"]) == (12.0, 0.5)
 
 
 def test_training_clock_pauses_for_validation(tmp_path, tiny_dataset, monkeypatch):
