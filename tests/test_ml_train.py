@@ -17,7 +17,8 @@ from ml.modelfile import load_model_dir
 from ml.novelty import DEFAULT_METHOD, ENERGY_TEMPERATURE, fit_threshold, novelty_scores
 from ml.distributed import StopFlag
 from ml.presets import PRESETS
-from ml.train import EXIT_STOPPED, build_parser, jensen_shannon, resolve_config, train
+from ml.models import build_model
+from ml.train import EXIT_STOPPED, build_parser, jensen_shannon, resolve_config, train, train_step
 
 SMALL = ["--val-size", "40", "--threads", "1"]
 
@@ -59,13 +60,26 @@ def test_jensen_shannon_is_zero_for_agreeing_views_and_symmetric_and_at_most_log
     assert 0 < jensen_shannon(a, b).item() < jensen_shannon(opposite, opposite.flip(1)).item() <= 0.6932
 
 
-def test_the_consistency_loss_trains_and_is_in_the_card(tmp_path, tiny_dataset):
-    card, records = run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
-                              "--epochs", "3", "--batch-size", "40", "--precision", "fp32",
-                              "--consistency", "12", "--consistency-share", "0.5")
-    epochs = [r for r in records if r["type"] == "epoch"]
-    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
-    assert (card["hyperparameters"]["consistency"], card["hyperparameters"]["consistency_share"]) == (12.0, 0.5)
+def test_the_consistency_loss_adds_its_weighted_divergence_to_the_step_loss():
+    """Same model, same batch, same random draws: with --consistency the step's loss grows by the
+    weight times a Jensen-Shannon divergence (0..log 2) between the first images and their twins.
+    Eval mode keeps BatchNorm from seeing the twins, so the rest of the loss is unchanged."""
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(20) % 10
+
+    def step_loss(*flags):
+        config = resolve_config(build_parser().parse_args(["--preset", "fast", "--precision", "fp32", *flags]))
+        torch.manual_seed(0)
+        model = build_model("airnet", num_classes=10, widths=[8, 16, 16]).eval()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        _, loss = train_step(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), images, labels,
+                             config, torch.Generator().manual_seed(2), None)
+        return loss.item(), config
+
+    plain, _ = step_loss()
+    with_twins, config = step_loss("--consistency", "12", "--consistency-share", "0.5")
+    assert (config["consistency"], config["consistency_share"]) == (12.0, 0.5)
+    assert 0 < (with_twins - plain) / 12 <= 0.6932
 
 
 def test_training_clock_pauses_for_validation(tmp_path, tiny_dataset, monkeypatch):
