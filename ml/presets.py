@@ -45,13 +45,15 @@ PRESETS = {
         momentum=0.85, nesterov=True, weight_decay=0.00133, muon_lr=0.24, muon_momentum=0.6,
         schedule="airbench", label_smoothing=0.2, bias_lr_scale=64.0, whiten_bias_epochs=3,
         lookahead=True, flip=True, translate=2, tta=2, precision="auto", **NO_ROBUSTNESS_TRAINING),
-    "best": dict(  # the fast recipe on a wider net, 12 epochs at half the batch, trained on photos as
+    "best": dict(  # the fast recipe on a wider net, 18 epochs at half the batch, trained on photos as
         # clients send them and shown synthetic outliers: the shipped model (README, "Photos as sent").
+        # 18 epochs, not 12: with the photo augmentations, 12 epochs reached 91.54% (TTA 2), 14 reached
+        # 91.82%, 18 reached 92.26% on the same seed and split, and every robustness figure rose too.
         # No label smoothing: on the open-set protocol's 8-class models (scripts/open_set.py, 8 epochs)
         # smoothing 0.2 -> 0 raised the held-out classes' AUROC 0.787 -> 0.815 (airplane + truck)
         # for 0.2 points of 8-class accuracy; smoothing squeezes the logits of what the model knows
         # towards those of what it does not.
-        arch="airnet", widths=[96, 384, 384], epochs=12, batch_size=1000, optimizer="muon", lr=0.825,
+        arch="airnet", widths=[96, 384, 384], epochs=18, batch_size=1000, optimizer="muon", lr=0.825,
         momentum=0.85, nesterov=True, weight_decay=0.00242, muon_lr=0.17, muon_momentum=0.78,
         schedule="linear", label_smoothing=0.0, bias_lr_scale=64.0, whiten_bias_epochs=3,
         lookahead=False, flip=True, translate=2, tta=2, precision="auto",

@@ -212,7 +212,7 @@ def test_html_forms_start_and_cancel_a_job(admin_app):
     client = admin_app.test_client()
     login(client)
     form = client.get("/admin/jobs/new").get_data(as_text=True)
-    assert "best: airnet 96/384/384, 12 epochs, batch 1000, muon" in form  # read from ml.train's presets
+    assert "best: airnet 96/384/384, 18 epochs, batch 1000, muon" in form  # read from ml.train's presets
     token = csrf_token(client, "/admin/jobs/new")
     response = client.post("/admin/jobs", data=dict(LONG_JOB, csrf_token=token, lr="", seed="3"))
     assert response.status_code == 302
