@@ -4,7 +4,6 @@ failed login attempts (so throttling works across workers), and the photos users
 (their files live in <instance>/feedback, see webapp/feedback.py)."""
 
 import sqlite3
-import threading
 import time
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -54,7 +53,6 @@ CREATE INDEX IF NOT EXISTS feedback_sends_client ON feedback_sends (client, at);
 """
 
 _ready = set()  # database files whose schema this process has already ensured
-_ready_lock = threading.Lock()
 WAL_RETRY_S = 0.02
 
 
@@ -64,11 +62,10 @@ def connect(db_path) -> sqlite3.Connection:
     conn = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
-    with _ready_lock:
-        if db_path not in _ready:
-            _switch_to_wal(conn)
-            conn.executescript(SCHEMA)
-            _ready.add(db_path)
+    if db_path not in _ready:
+        _switch_to_wal(conn)
+        conn.executescript(SCHEMA)
+        _ready.add(db_path)
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
 
