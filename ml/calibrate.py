@@ -61,7 +61,7 @@ def shifted_logits(model, val: Split, device, tta, norm):
 def calibrated_report(model, dataset, device, tta, norm, shifted=True):
     """(temperature, report, calibrated logits, features) on the dataset's validation split, in
     full precision as served. The temperature is fitted on these logits and, with `shifted`, on
-    the calibration mix too, so confidence stays honest on photos as they arrive (README)."""
+    the calibration mix too, so confidence stays honest on photos as they arrive (docs/model.md)."""
     logits, features = predict_outputs(model, dataset.val, device, tta=tta, norm=norm)
     fit_logits, fit_labels = logits, dataset.val.labels
     if shifted:
@@ -124,10 +124,10 @@ def main(argv=None):
                         help="fit the temperature on the validation split alone, or with the "
                              "calibration mix of client round trips and corruptions (default)")
     parser.add_argument("--novelty-method", default=DEFAULT_METHOD, choices=METHODS,
-                        help="the 'none of these' score (README: chosen by measurement)")
+                        help="the 'none of these' score (docs/model.md: chosen by measurement)")
     parser.add_argument("--energy-temperature", type=float, default=ENERGY_TEMPERATURE,
                         help="temperature t of the energy score -t * logsumexp(logits / t), on the "
-                             "calibrated logits (README: chosen by measurement; 1 is Liu et al.'s)")
+                             "calibrated logits (docs/model.md: chosen by measurement; 1 is Liu et al.'s)")
     parser.add_argument("--suite", action=argparse.BooleanOptionalAction, default=True,
                         help="re-measure the robustness suite and far-out sets into the card (minutes); "
                              "--no-suite refits the temperature and the novelty threshold only")

@@ -199,7 +199,7 @@ def write_torchscript(module, card: dict, path):
     example = example_input(card["input"]["shape"][1])
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # constants, as for ONNX
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation; README says so
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation; docs/export.md says so
         traced = torch.jit.trace(module, (example,))
         torch.jit.save(traced, str(path), _extra_files={CARD_KEY + ".json": json.dumps(card)})
 

@@ -8,7 +8,7 @@ calibrated logits and the penultimate features):
   logits too, not only the top one;
 - `knn`: distance from the L2-normalised features to their k-th nearest neighbour among a sample
   of normalised training features (Sun et al., 2022); the sample is stored with the model.
-The method is chosen by measurement (README, "None of these"); the threshold is the score that
+The method is chosen by measurement (docs/model.md, docs/experiments/); the threshold is the score that
 `keep_share` of the validation images stay under.
 """
 
@@ -17,9 +17,11 @@ import torch.nn.functional as F
 
 METHODS = ("msp", "energy", "knn")
 # Energy: on the previous shipped model it separated every far-out set better than knn and msp
-# (noise 0.91 against 0.86 and 0.86; solid colours 0.97 against 0.94 and 0.95); README, "None of these".
+# (noise 0.91 against 0.86 and 0.86; solid colours 0.97 against 0.94 and 0.95);
+# docs/experiments/2026-12-02-photo-training-label-smoothing.md.
 DEFAULT_METHOD = "energy"
-# t = 4, measured on the open-set protocol's 8-class models (no label smoothing, README): held-out
+# t = 4, measured on the open-set protocol's 8-class models (no label smoothing,
+# docs/experiments/2026-12-02-no-label-smoothing-energy-t4.md): held-out
 # classes' AUROC at t = 1 / 2 / 4 / 8 was 0.815 / 0.825 / 0.835 / 0.842 for airplane + truck and
 # 0.889 / 0.885 / 0.878 / 0.871 for cat + dog (means 0.852 / 0.855 / 0.857 / 0.857). On the
 # label-smoothed model shipped before (no TTA), t = 1 -> 8 moved the far-out sets' AUROC by at most

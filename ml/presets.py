@@ -46,7 +46,7 @@ PRESETS = {
         schedule="airbench", label_smoothing=0.2, bias_lr_scale=64.0, whiten_bias_epochs=3,
         lookahead=True, flip=True, translate=2, tta=2, precision="auto", **NO_ROBUSTNESS_TRAINING),
     "best": dict(  # the fast recipe on a wider net, 18 epochs at half the batch, trained on photos as
-        # clients send them and shown synthetic outliers: the shipped model (README, "Photos as sent").
+        # clients send them and shown synthetic outliers: the shipped model (docs/model.md).
         # 18 epochs, not 12: with the photo augmentations, 12 epochs reached 91.54% (TTA 2), 14 reached
         # 91.82%, 18 reached 92.26% on the same seed and split, and every robustness figure rose too.
         # No label smoothing: on the open-set protocol's 8-class models (scripts/open_set.py, 8 epochs)

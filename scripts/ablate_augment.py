@@ -4,7 +4,7 @@
 
 Each row trains the `fast` recipe (seed 0, 4 epochs by default, to fit the 2-core machine) with
 one augmentation switched on, through `python -m ml.train`, which ends by measuring the suite
-into the card; a finished row's folder is reused. Prints a markdown table for README.
+into the card; a finished row's folder is reused. Prints a markdown table (as in docs/experiments/).
 """
 
 import argparse

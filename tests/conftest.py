@@ -19,7 +19,8 @@ DATA_DIR = PROJECT_ROOT / "data"
 SHIPPED_MODEL = PROJECT_ROOT / "models" / "default"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Browser tests take screenshots into a gitignored folder, so running the tests never changes
-# tracked files; `make screenshots` (UPDATE_SCREENSHOTS=1) refreshes the ones README shows.
+# tracked files; `make screenshots` (UPDATE_SCREENSHOTS=1) refreshes the ones in docs/screenshots/ that
+# README and docs/ show.
 README_SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 TEST_SCREENSHOTS = PROJECT_ROOT / "test-results" / "screenshots"
 

@@ -1,18 +1,18 @@
 """ml.export: ONNX and TorchScript files give PyTorch's answers (parity, as `--check` measures it),
-carry their card, and README's client example reproduces the site's answer from the photo file."""
+carry their card, and the ONNX client example (examples/onnx_client.py, shown in docs/export.md)
+reproduces the site's answer from the photo file."""
 
 import hashlib
 import io
 import json
-import re
-import runpy
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import PROJECT_ROOT, make_model_dir
+from conftest import make_model_dir
+from examples import onnx_client
 from ml.export import FORMATS, PARITY_MIN, card_path, export_model, load_torchscript, main, onnx_session
 from ml.modelfile import CARD_FILE, novelty_file, read_card, write_json_atomic
 from ml.novelty import normalise
@@ -153,25 +153,15 @@ def awkward_photos() -> dict:
     }
 
 
-def readme_client(tmp_path) -> dict:
-    """README's client example, loaded as a module (its globals)."""
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    block = re.search(r"<!-- export-client-example[^>]*-->\n```python\n(.*?)```", readme, re.S).group(1)
-    script = tmp_path / "client.py"
-    script.write_text(block)
-    return runpy.run_path(str(script))
-
-
-def test_readme_client_gives_the_sites_answer(exports, served_like_the_site, tmp_path):
+def test_onnx_client_gives_the_sites_answer(exports, served_like_the_site, tmp_path):
     paths = []
     for name, data in awkward_photos().items():
         paths.append(tmp_path / name)
         paths[-1].write_bytes(data)
-    client = readme_client(tmp_path)
-    answers = client["classify"](str(exports["onnx"]), [str(p) for p in paths])
+    answers = onnx_client.classify(str(exports["onnx"]), [str(p) for p in paths])
     predictor = Predictor(served_like_the_site, "cpu")
     site = predictor.predict([p.read_bytes() for p in paths])
     for path, answer, expected in zip(paths, answers, site):
-        assert np.array_equal(client["decode"](str(path)), predictor.decode(str(path))), path
+        assert np.array_equal(onnx_client.decode(str(path)), predictor.decode(str(path))), path
         assert answer["label"] == expected["label"] and answer["recognised"] == expected["recognised"], path
         assert answer["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)

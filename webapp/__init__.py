@@ -43,7 +43,7 @@ SETTINGS = (
     ("TRAIN_SUITE", True, flag),           # a job ends by measuring the robustness suite (minutes on a CPU)
     # micro-batching: wait up to this for this worker's requests still being received or decoded
     # (never for requests not yet sent); 0: off. 30, not 5: 7 requests' reading and decoding on a
-    # worker's one core take ~30 ms, and a shorter window closed batches early (README, Performance)
+    # worker's one core take ~30 ms, and a shorter window closed batches early (docs/performance.md)
     ("BATCH_WINDOW_MS", 30, float),
     ("BATCH_MAX_IMAGES", 32, int),         # images per forward pass, at most
     ("EXPLAIN_STEPS", 16, int),            # integration steps of /api/v1/explain (time grows with them)
