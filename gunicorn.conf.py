@@ -3,12 +3,19 @@
 No preload: each worker imports the app after fork and loads the model once in
 `post_worker_init`, before it takes requests (PyTorch and fork do not mix). Workers times torch
 threads never exceed the CPU cores. Environment: PORT (8000), WEB_WORKERS, WEB_THREADS (request
-threads per worker, 8), TORCH_THREADS (1), WEB_TIMEOUT (60 s), WEB_MAX_REQUESTS (1000; 0 never
-recycles a worker: the benchmark and the soak test use 0 so a leak or a crash cannot hide).
+threads per worker, 8), TORCH_THREADS (1), WEB_TIMEOUT (60 s), WEB_MAX_REQUESTS (0: a worker is
+never recycled; N: after N to 1.2 N requests), WEB_DRAIN_S (5 s: on TERM, /readyz answers 503 this
+long before the listener closes), WEB_RELOAD_TIMEOUT_S (120 s: on HUP the old workers serve until
+the new ones are ready, at most this long).
 Prometheus samples of all workers meet in PROMETHEUS_MULTIPROC_DIR (default <instance>/prometheus).
+
+Reloads, recycling and stops lose no request: webapp/graceful.py says how, docs/operations.md how
+to roll out a release with them.
 """
 
 import os
+
+from webapp import graceful, instance_path  # Flask and gunicorn only: torch stays out of the master
 
 
 def available_cores() -> int:
@@ -34,28 +41,44 @@ workers, torch_threads = worker_plan(available_cores(), env_int("TORCH_THREADS")
 os.environ["TORCH_THREADS"] = str(torch_threads)  # read by the app in each worker (webapp settings)
 
 bind = f"127.0.0.1:{os.environ.get('PORT') or 8000}"
-worker_class = "gthread"  # request threads share the worker's one model; forward passes take a lock
+# gunicorn's gthread worker (request threads share the worker's one model; forward passes take a
+# lock) with a stop that answers every request it already received (webapp/graceful.py)
+worker_class = "webapp.graceful.DrainingThreadWorker"
 threads = env_int("WEB_THREADS") or 8  # 8, not 4: more requests in flight, larger micro-batches
 timeout = env_int("WEB_TIMEOUT") or 60
 graceful_timeout = 30
-# recycle workers now and then, staggered so they do not all restart at once
-max_requests = 1000 if env_int("WEB_MAX_REQUESTS") is None else env_int("WEB_MAX_REQUESTS")
-max_requests_jitter = 200 if max_requests else 0
+MAX_REQUESTS_DEFAULT = 0
+max_requests = MAX_REQUESTS_DEFAULT if env_int("WEB_MAX_REQUESTS") is None else env_int("WEB_MAX_REQUESTS")
+max_requests_jitter = max_requests // 5  # staggered, so workers do not all restart at once
+DRAIN_S = float(os.environ.get("WEB_DRAIN_S") or 5)
+RELOAD_TIMEOUT_S = float(os.environ.get("WEB_RELOAD_TIMEOUT_S") or 120)
 preload_app = False
 accesslog = "-"
 errorlog = "-"
 
 
+RUN_FOLDER = os.path.join(instance_path(), "run")  # the workers' ready markers (webapp/graceful.py)
+
+
 def on_starting(server):
     """Before any worker exists: an empty folder for the workers' Prometheus samples. Set here, in
     the master, so every worker imports prometheus_client already in multiprocess mode."""
-    from webapp import instance_path  # the package imports only Flask: torch stays out of the master
     folder = os.path.join(instance_path(), "prometheus")
     folder = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", folder)
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):
         if name.endswith(".db"):  # samples of a previous server
             os.remove(os.path.join(folder, name))
+    graceful.start_master(RUN_FOLDER)
+
+
+def when_ready(server):
+    """Reloads keep the old workers until the new are ready; TERM drains first (webapp/graceful.py)."""
+    graceful.install_master(server, DRAIN_S, RELOAD_TIMEOUT_S)
+
+
+def on_reload(server):
+    graceful.on_reload(server)
 
 
 def post_fork(server, worker):
@@ -87,12 +110,13 @@ def post_request(worker, req, environ, resp):
 
 
 def child_exit(server, worker):
-    """A worker is gone: its live gauges (the model version it served) stop counting."""
-    from prometheus_client import multiprocess
-    multiprocess.mark_process_dead(worker.pid)
+    """Runs in the master's SIGCHLD handler: nothing there may fail or import (webapp/graceful.py)."""
+    graceful.worker_gone(server, worker.pid)
 
 
 def post_worker_init(worker):
-    """Load the model in this worker now, so the first request does not wait and /readyz turns 200."""
+    """Load the model in this worker now, so the first request does not wait and /readyz turns 200;
+    only then may a reload stop the worker this one replaces."""
     from webapp.api import warm_up
     warm_up(worker.wsgi)
+    graceful.mark_ready(RUN_FOLDER, worker.pid)

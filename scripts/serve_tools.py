@@ -116,8 +116,8 @@ def free_port() -> int:
 
 class Server:
     """`gunicorn -c gunicorn.conf.py wsgi:app` (what `make serve` runs; another `app` or `config`
-    for a benchmark's baseline) on a free loopback port, with its own instance folder; workers are
-    never recycled (WEB_MAX_REQUESTS=0) unless `env` says."""
+    for a benchmark's baseline) on a free loopback port, with its own instance folder and the
+    production settings unless `env` says."""
 
     def __init__(self, instance, model_dir=SHIPPED_MODEL, env=None, log=None, app="wsgi:app",
                  config="gunicorn.conf.py"):
@@ -127,7 +127,7 @@ class Server:
         self.instance.mkdir(parents=True, exist_ok=True)
         self.log_path = Path(log or self.instance.parent / f"gunicorn-{self.port}.log")
         full_env = dict(os.environ, PORT=str(self.port), INSTANCE_PATH=str(self.instance),
-                        MODEL_DIR=str(model_dir), WEB_MAX_REQUESTS="0")
+                        MODEL_DIR=str(model_dir))
         full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each server its own, under its instance
         full_env.update(env or {})
         self.started = time.perf_counter()

@@ -9,11 +9,12 @@ request, multipart or raw body) and bad inputs (each with the 4xx it must get), 
 (preset seed, 1 epoch, 300 images) run back to back through the admin API. PROMOTION_MARGIN=1 makes
 every finished job go live, so workers hot-swap models under load.
 
-Workers are never recycled during the soak (WEB_MAX_REQUESTS=0; in production gunicorn.conf.py
-recycles a worker after 1000-1200 requests): a worker that crashed, was killed for a timeout or
-ran out of memory would show as a changed pid, and a leak would show in its memory instead of
-being hidden by recycling. Memory growth is measured from the end of a warm-up (the same mix of
-requests, no training, a tenth of the run, longer until every worker did some work) to the end,
+The server runs with the production settings of `make serve` (gunicorn.conf.py), where a worker
+is never recycled (WEB_MAX_REQUESTS=0, docs/operations.md says why): a worker that crashed, was
+killed for a timeout or ran out of memory shows as a changed pid, and a leak shows in its memory.
+A connection reset or refused counts as a failure like a 5xx. Memory growth is measured from the
+end of a warm-up (the same mix of requests, no training, a tenth of the run, longer until every
+worker did some work) to the end,
 both times at rest (see settled_memory): a worker's heap grows once to a plateau as it meets
 forward passes of every batch size, which is not a leak. The RSS right after start and the highest
 RSS sampled during the run (every MEMORY_SAMPLE_S, requests in flight) are reported too.

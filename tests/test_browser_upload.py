@@ -275,5 +275,10 @@ def test_gunicorn_settings(monkeypatch):
     settings = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
     assert settings["bind"] == "127.0.0.1:8123"
     assert settings["workers"] * int(settings["torch_threads"]) <= settings["available_cores"]()
-    assert settings["timeout"] > 0 and settings["max_requests"] > 0 and settings["max_requests_jitter"] > 0
-    assert settings["preload_app"] is False and callable(settings["post_worker_init"])
+    assert settings["timeout"] > 0 and settings["preload_app"] is False and callable(settings["post_worker_init"])
+    # no recycling by default; when an operator turns it on, staggered (docs/operations.md)
+    assert settings["max_requests"] == 0 and settings["max_requests_jitter"] == 0
+    assert settings["worker_class"] == "webapp.graceful.DrainingThreadWorker" and settings["DRAIN_S"] == 5
+    monkeypatch.setenv("WEB_MAX_REQUESTS", "500")
+    recycling = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+    assert recycling["max_requests"] == 500 and recycling["max_requests_jitter"] == 100

@@ -399,6 +399,18 @@ def test_health_and_readiness(app, client, predictor):
     assert conforms(client.get("/ping")).get_json() == {"status": "Healthy"}
 
 
+def test_readiness_turns_503_once_the_server_drains(app, client, predictor, monkeypatch):
+    from webapp import graceful
+    from webapp.api import warm_up
+    warm_up(app)
+    monkeypatch.setattr(graceful, "_DRAIN_FLAG", bytearray(1))  # this test's own flag, not the process's
+    assert client.get("/readyz").status_code == 200
+    graceful.start_draining()
+    draining = conforms(client.get("/readyz"))
+    assert draining.status_code == 503 and draining.get_json() == {"status": "draining"}
+    assert client.post("/api/v1/predict", data={}).status_code != 503  # requests are still answered
+
+
 def test_openapi_document_is_served_and_valid(client):
     response = conforms(client.get("/api/openapi.json"))
     assert response.get_json() == SPEC

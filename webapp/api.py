@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from ml.explain import METHOD, heat_overlay, saliency_map
 from webapp import feedback_intake
+from webapp.graceful import draining
 from webapp.request_photos import RequestError, classify_request, model_identity
 from webapp.serving import current_predictor
 from webapp.upload import model_view
@@ -93,6 +94,8 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
+    if draining():  # the server is stopping: a load balancer should send elsewhere from now on
+        return jsonify(status="draining"), 503
     if not current_app.extensions.get(READY):
         return jsonify(status="loading"), 503
     return jsonify(status="ready", model=model_identity(current_predictor()))

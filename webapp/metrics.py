@@ -40,6 +40,10 @@ BATCH_IMAGES = Histogram("webapp_batch_images", "Images per forward pass (micro-
 SERVED = Gauge("webapp_model_served_workers", "Worker processes serving each model version (id in the "
                "model store, card version)", ["id", "version"], multiprocess_mode="livesum")
 
+IN_FLIGHT = Gauge("webapp_http_requests_in_flight", "Requests a worker has started to receive and not yet "
+                  "answered, queued ones included; one series per live worker, labelled pid",
+                  multiprocess_mode="liveall")  # counted by the gunicorn worker (webapp/graceful.py)
+
 bp = Blueprint("metrics", __name__)
 _serving = None  # the (id, version) labels this process last set to 1 in SERVED
 
