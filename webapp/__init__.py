@@ -87,7 +87,7 @@ def create_app(test_config=None):
     from flask_wtf.csrf import CSRFProtect
 
     from webapp import (admin, admin_api, admin_feedback, api, auth, batching, dashboard, errors, feedback_page,
-                        formatting, metrics, request_photos, security, upload)
+                        formatting, metrics, params, request_photos, security, upload)
 
     app = Flask(__name__, instance_path=instance_path(test_config), instance_relative_config=True,
                 template_folder=str(PROJECT_ROOT / "templates"), static_folder=str(PROJECT_ROOT / "static"))
@@ -95,6 +95,7 @@ def create_app(test_config=None):
     load_settings(app, test_config)
     app.request_class = request_photos.InMemoryRequest  # uploads are never spooled to disk
 
+    params.init_app(app)  # before the blueprints: their rules use its converter
     csrf = CSRFProtect(app)  # every HTML form POST needs a token; JSON APIs are exempt below
     for blueprint in (upload.bp, feedback_page.bp, dashboard.bp, admin.bp, admin_feedback.bp):
         app.register_blueprint(blueprint)

@@ -5,6 +5,7 @@ with reviewed user photos), the live job page and the JSON it polls."""
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
 
 from webapp import auth, exports, feedback, jobs, versions
+from webapp.params import row_id_arg
 from webapp.serving import serving_status
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -64,7 +65,8 @@ def job_form(form, error):
 @bp.post("/jobs")
 @auth.login_required
 def start_job():
-    form = {k: v.strip() for k, v in request.form.items() if k != "csrf_token"}
+    # an empty field keeps the preset's value, as an absent one does in the JSON API
+    form = {k: v.strip() for k, v in request.form.items() if k != "csrf_token" and v.strip()}
     try:
         job = jobs.start(form)
     except jobs.JobError as error:
@@ -72,20 +74,20 @@ def start_job():
     return redirect(url_for("admin.job_page", job_id=job["id"]))
 
 
-@bp.get("/jobs/<int:job_id>")
+@bp.get("/jobs/<row_id:job_id>")
 @auth.login_required
 def job_page(job_id):
     return render_template("admin_job.html", job=jobs.get(job_id))
 
 
-@bp.get("/jobs/<int:job_id>.json")
+@bp.get("/jobs/<row_id:job_id>.json")
 @auth.login_required
 def job_json(job_id):
     """What the job page polls: state, metrics after `since`, log tail (session cookie auth)."""
-    return jsonify(jobs.get(job_id, since=request.args.get("since", 0, type=int)))
+    return jsonify(jobs.get(job_id, since=row_id_arg("since")))
 
 
-@bp.post("/jobs/<int:job_id>/cancel")
+@bp.post("/jobs/<row_id:job_id>/cancel")
 @auth.login_required
 def cancel_job(job_id):
     try:
@@ -96,7 +98,7 @@ def cancel_job(job_id):
     return redirect(url_for("admin.job_page", job_id=job_id))
 
 
-@bp.post("/jobs/<int:job_id>/resume")
+@bp.post("/jobs/<row_id:job_id>/resume")
 @auth.login_required
 def resume_job(job_id):
     try:

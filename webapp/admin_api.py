@@ -6,6 +6,7 @@ from flask import Blueprint, jsonify, request
 from webapp import exports, feedback, jobs, versions
 from webapp.auth import token_required
 from webapp.errors import AppError
+from webapp.params import row_id_arg
 from webapp.serving import current_predictor
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
@@ -26,13 +27,13 @@ def list_jobs():
     return jsonify({"jobs": jobs.list_jobs()})
 
 
-@bp.get("/jobs/<int:job_id>")
+@bp.get("/jobs/<row_id:job_id>")
 @token_required
 def get_job(job_id):
-    return jsonify(jobs.get(job_id, since=request.args.get("since", 0, type=int)))
+    return jsonify(jobs.get(job_id, since=row_id_arg("since")))
 
 
-@bp.post("/jobs/<int:job_id>/cancel")
+@bp.post("/jobs/<row_id:job_id>/cancel")
 @token_required
 def cancel_job(job_id):
     return jsonify(jobs.cancel(job_id)), 202
@@ -54,11 +55,11 @@ def activate_version(version_id):
 @bp.get("/feedback")
 @token_required
 def list_feedback():
-    return jsonify({"items": feedback.list_items(request.args.get("status") or None,
-                                                 request.args.get("label") or None)})
+    # an empty ?status= is a status that does not exist, not "any status" (the document's enum)
+    return jsonify({"items": feedback.list_items(request.args.get("status"), request.args.get("label") or None)})
 
 
-@bp.post("/feedback/<int:item_id>")
+@bp.post("/feedback/<row_id:item_id>")
 @token_required
 def review_feedback(item_id):
     data = request.get_json(silent=True)
@@ -67,7 +68,7 @@ def review_feedback(item_id):
     return jsonify(feedback.review([item_id], data.get("status"), current_predictor().classes, data.get("label"))[0])
 
 
-@bp.delete("/feedback/<int:item_id>")
+@bp.delete("/feedback/<row_id:item_id>")
 @token_required
 def delete_feedback(item_id):
     feedback.delete([item_id])

@@ -51,7 +51,7 @@ def review():
     return back
 
 
-@bp.get("/<int:item_id>/photo.<any(jpg, png):kind>")
+@bp.get("/<row_id:item_id>/photo.<any(jpg, png):kind>")
 @auth.login_required
 def photo(item_id, kind):
     """The re-encoded photo (jpg) or the 32x32 model input (png): files this server wrote, never

@@ -35,9 +35,10 @@ def predict():
 
 
 def requested_label():
-    # a raw-body upload has no form fields: its label comes in the query string, like its filename
-    fields = request.form if request.mimetype == "multipart/form-data" else request.args
-    return fields.get("label") or None
+    """The multipart field, else the query string (a raw-body upload has no fields, like its
+    filename); None when absent. An empty one is refused like any unknown class."""
+    form = request.form if request.mimetype == "multipart/form-data" else {}
+    return form.get("label", request.args.get("label"))
 
 
 def checked_label(predictor, label: str) -> str:
@@ -53,7 +54,7 @@ def explain():
     wanted = requested_label()
     predictor, items = classify_request(("image",), max_files=1)
     filename, array, result = items[0]
-    label = checked_label(predictor, wanted or result["label"])
+    label = checked_label(predictor, result["label"] if wanted is None else wanted)
     saliency = saliency_map(predictor, array, label, int(current_app.config["EXPLAIN_STEPS"]))
     # the overlay is a PNG drawn here from the map, never anything the client sent
     return jsonify(model=model_identity(predictor), prediction={"filename": filename, **result}, label=label,

@@ -33,7 +33,7 @@ PRESETS = tuple(TRAINING_PRESETS)
 NUMERIC_FIELDS = {"epochs": (int, 1, 500), "lr": (float, 1e-6, 100.0), "batch_size": (int, 1, 8192),
                   "seed": (int, 0, 2**31 - 1), "limit": (int, 10, 10_000_000)}
 OTHER_FIELDS = {"preset", "data", "resume", "include_feedback", "init_from"}
-TRUE, FALSE = (True, "1", "true", "on", "yes"), (None, False, "", "0", "false", "off", "no")  # JSON and HTML forms
+TRUE, FALSE = (True, "on"), (None, False)  # JSON booleans, and the HTML form's checkbox ("on" or absent)
 
 
 def preset_summaries() -> dict:
@@ -95,8 +95,9 @@ def validate_params(data, app=None) -> dict:
     unknown = set(data) - set(NUMERIC_FIELDS) - OTHER_FIELDS
     if unknown:
         raise JobError(f"unknown field(s): {', '.join(sorted(unknown))}")
-    params = {"preset": data.get("preset") or "fast", "data": data.get("data") or "default"}
-    if params["preset"] not in PRESETS:
+    # absent or null: the default; anything else must be right (an empty or wrongly typed value too)
+    params = {"preset": _or_default(data, "preset", "fast"), "data": _or_default(data, "data", "default")}
+    if not isinstance(params["preset"], str) or params["preset"] not in PRESETS:
         raise JobError(f"preset must be one of {', '.join(PRESETS)}")
     sources = data_sources(app)
     if not isinstance(params["data"], str) or params["data"] not in sources:
@@ -104,12 +105,16 @@ def validate_params(data, app=None) -> dict:
     if not sources[params["data"]].is_dir():
         raise JobError(f"data source {params['data']} ({sources[params['data']]}) does not exist")
     for name in NUMERIC_FIELDS:
-        if data.get(name) not in (None, ""):
+        if data.get(name) is not None:
             params[name] = _number(name, data[name])
     params["include_feedback"] = _flag("include_feedback", data.get("include_feedback"))
-    if data.get("init_from"):
+    if data.get("init_from") is not None:
         params["init_from"] = _version(data["init_from"], app)
     return params
+
+
+def _or_default(data: dict, name: str, default):
+    return default if data.get(name) is None else data[name]
 
 
 def _flag(name, value) -> bool:
@@ -131,10 +136,10 @@ def _version(version_id, app) -> str:
 
 def _resume_params(conn, data, app) -> dict:
     """A resumed job repeats a cancelled job's parameters from its checkpoint."""
-    try:
-        resume_id = int(data["resume"])
-    except (TypeError, ValueError):
-        raise JobError("resume must be a job id") from None
+    resume_id = data["resume"]
+    if isinstance(resume_id, bool) or not isinstance(resume_id, (int, str)) or not str(resume_id).isdigit():
+        raise JobError("resume must be a job id")
+    resume_id = int(resume_id)
     row = conn.execute("SELECT status, params FROM jobs WHERE id = ?", (resume_id,)).fetchone()
     checkpoint = jobs_root(app) / str(resume_id) / "resume.pt"
     if row is None or row["status"] != "cancelled" or not checkpoint.is_file():
@@ -253,7 +258,8 @@ def active_job(app=None):
 def _insert(conn, data, app) -> int:
     """Insert a queued job; refuses when one is queued or running. Runs under BEGIN IMMEDIATE, so
     concurrent starts from any number of processes are serialised by SQLite's write lock."""
-    params = None if data.get("resume") else validate_params(data, app)  # 400 before 409
+    resuming = isinstance(data, dict) and data.get("resume") is not None
+    params = None if resuming else validate_params(data, app)  # 400 before 409
     with write_transaction(conn):
         busy = conn.execute("SELECT id, status FROM jobs WHERE status IN ('queued', 'running')").fetchone()
         if busy:
