@@ -7,7 +7,7 @@ SHARED_DIR ?= ../shared
 ARCHIVE := $(SHARED_DIR)/datasets/cifar10-train-jpeg.tar.gz
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install data browser serve lint test screenshots bench-train bench-serve bench-explain soak package-photos evaluate \
+.PHONY: install data browser servers serve lint test screenshots bench-train bench-serve bench-reload bench-explain soak package-photos evaluate \
 	ablation open-set
 
 install: $(VENV)/.installed
@@ -19,12 +19,12 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 # data/: the shared CIFAR-10 JPEG archive unpacked when it is there; otherwise, on a machine that is
-# online, the official CIFAR-10 fetched through torchvision (ml.download, 170 MB). Offline, it says so
+# online, the official CIFAR-10 fetched through torchvision (ml.data.download, 170 MB). Offline, it says so
 # and goes on: tests needing real images then skip.
 data: install
 	@if [ -d data/train ] || [ -d data/cifar-10-batches-py ]; then echo "data present"; \
 	elif [ -f $(ARCHIVE) ]; then mkdir -p data && tar -xzf $(ARCHIVE) -C data && echo "unpacked $(ARCHIVE) into data/"; \
-	elif $(BIN)/python -m ml.download data; then echo "downloaded CIFAR-10 into data/"; \
+	elif $(BIN)/python -m ml.data.download data; then echo "downloaded CIFAR-10 into data/"; \
 	else echo "no $(ARCHIVE) and no download (see above): tests needing real images will skip"; fi
 
 # Debian's Chromium for the Playwright tests (playwright cannot download browsers here).
@@ -34,6 +34,14 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "no $(CHROMIUM) and not root: browser tests will skip"; fi
 
+# Debian's nginx, for the tests that put it in front of two web hosts (deploy/nginx.conf).
+servers:
+	@if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then echo "nginx present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null \
+		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+	else echo "no nginx and not root: the nginx tests will skip"; fi
+
 serve: install data
 	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
@@ -41,7 +49,7 @@ serve: install data
 lint: install
 	$(BIN)/ruff check .
 
-test: install data browser
+test: install data browser servers
 	$(BIN)/python -m pytest
 
 # The browser tests write their screenshots to test-results/screenshots/; this refreshes the
@@ -56,6 +64,11 @@ bench-train: install data
 # Served throughput, latency and memory under load against the in-process ceiling (see README).
 bench-serve: install data
 	$(BIN)/python -m scripts.bench_serve
+
+# Requests lost and latency through recycling, reloads, stops and a killed worker, against
+# gunicorn's stock worker, and two web hosts behind nginx (docs/operations.md).
+bench-reload: install data servers
+	$(BIN)/python -m scripts.bench_reload --baseline --nginx
 
 # /api/v1/explain's latency on the shipped model, and the saliency map's per integration steps (README).
 bench-explain: install data

@@ -32,8 +32,9 @@ import threading
 import time
 from pathlib import Path
 
-from scripts.serve_tools import (PROJECT_ROOT, Server, exit_on_sigterm, make_photos, multipart, new_connection,
-                                 percentile, photo_file, request)
+from scripts.nginx_front import NginxFront, nginx_binary
+from scripts.serve_tools import (PROJECT_ROOT, Server, exit_on_sigterm, free_port, make_photos, multipart,
+                                 new_connection, percentile, photo_file, request)
 
 READY_POLL_S = 0.05
 IN_FLIGHT = re.compile(r'^webapp_http_requests_in_flight\{pid="(\d+)"\} ([0-9.e+]+)$', re.M)
@@ -46,11 +47,11 @@ del when_ready, on_reload
 
 
 class Load:
-    """`clients` keep-alive clients posting one photo per request until `stop()` or, acting as a load
-    balancer, until the watcher sees /readyz answer 503 or refuse the connection. Every outcome is
-    kept with its time."""
+    """`clients` keep-alive clients posting one photo per request until `stop()` or, with `balancer`
+    (acting as a load balancer would), until the watcher sees /readyz answer 503 or refuse the
+    connection. Every outcome is kept with its time."""
 
-    def __init__(self, base, photo, clients):
+    def __init__(self, base, photo, clients, balancer=True):
         self.base, self.clients = base, clients
         self.body, self.ctype = multipart([photo])
         self.lock = threading.Lock()
@@ -58,7 +59,8 @@ class Load:
         self.stopped = threading.Event()
         self.first_503 = self.first_refused = None
         self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
-        self.threads.append(threading.Thread(target=self.watch_readiness, daemon=True))
+        if balancer:  # not when a real load balancer (nginx) is in front
+            self.threads.append(threading.Thread(target=self.watch_readiness, daemon=True))
 
     def start(self):
         for thread in self.threads:
@@ -145,9 +147,9 @@ def rolling_restart(server) -> float:
     return time.perf_counter() - sent
 
 
-def started_server(tmp, model, photo, env, config="gunicorn.conf.py") -> Server:
+def started_server(tmp, model, photo, env, config="gunicorn.conf.py", port=None) -> Server:
     """A server with every worker's model loaded (ready markers for all of them)."""
-    server = Server(Path(tmp) / "instance", model_dir=model, env=env, config=config)
+    server = Server(Path(tmp) / "instance", model_dir=model, env=env, config=config, port=port)
     server.first_prediction(photo)
     wait_until(lambda: len(ready_markers(server)) >= len(server.workers()), 120)
     return server
@@ -199,6 +201,47 @@ def run_sequence(model, photo, clients, phase_s, max_requests, config="gunicorn.
             "exit_codes": [recycling["exit_code"], reloads["exit_code"]]}
 
 
+def run_through_nginx(model, photo, clients, phase_s, drain_s=2) -> dict:
+    """Two web hosts behind nginx (deploy/nginx.conf): steady, HUP of A, HUP of B, TERM of B, B
+    started again, SIGKILL of every process of A; one summary per phase, through nginx."""
+    with tempfile.TemporaryDirectory(prefix="nginx-") as tmp:
+        env = {"WEB_DRAIN_S": str(drain_s)}
+        hosts = {name: started_server(Path(tmp) / name, model, photo, env) for name in ("A", "B")}
+        front = None
+        try:
+            front = NginxFront(Path(tmp) / "nginx", f"127.0.0.1:{free_port()}",
+                               [f"127.0.0.1:{host.port}" for host in hosts.values()])
+            load = Load(front.base, photo, clients, balancer=False).start()
+
+            def stop_b(_):
+                hosts["B"].process.send_signal(signal.SIGTERM)
+                hosts["B"].process.wait(drain_s + 60)
+
+            def restart_b(_):
+                hosts["B"] = started_server(Path(tmp) / "B2", model, photo, env, port=hosts["B"].port)
+
+            def kill_a(_):
+                os.killpg(hosts["A"].process.pid, signal.SIGKILL)
+            events = [("steady", lambda _: None), ("HUP host A", lambda _: hup(hosts["A"])),
+                      ("HUP host B", lambda _: hup(hosts["B"])), ("TERM host B", stop_b),
+                      ("host B started again", restart_b), ("SIGKILL host A", kill_a)]
+            marks = []
+            for name, action in events:
+                marks.append((name, time.perf_counter()))
+                action(None)
+                time.sleep(phase_s)
+            load.stop()
+            marks.append(("end", time.perf_counter()))
+            return {"phases": [summarise(name, load.between(start, end))
+                               for (name, start), (_, end) in zip(marks, marks[1:])],
+                    "nginx_errors": front.error_log()[-2000:]}
+        finally:
+            if front:
+                front.stop()
+            for host in hosts.values():
+                host.stop()
+
+
 def in_flight(server) -> dict:
     """{worker pid: requests in flight} from /metrics."""
     _, text = request(server.base, "GET", "/metrics", timeout=10)
@@ -235,6 +278,8 @@ def print_table(title, result):
     for row in result["phases"]:
         print(f"{row['phase']:<18}{row['requests']:>9}{row['failures']:>8}{row['p50_ms']:>9.0f}"
               f"{row['p99_ms']:>9.0f}{row['max_ms']:>9.0f}")
+    if "event_seconds" not in result:
+        return
     print("seconds until the old workers were gone: "
           + ", ".join(f"{name} {s:.1f}" for name, s in result["event_seconds"].items())
           + f"; workers recycled: {result['workers_recycled']}; /readyz 503 before the listener closed: "
@@ -248,6 +293,7 @@ def main(argv=None):
     parser.add_argument("--max-requests", type=int, default=300, help="recycling during the sequence")
     parser.add_argument("--model", default=str(PROJECT_ROOT / "models" / "default"))
     parser.add_argument("--baseline", action="store_true", help="also run gunicorn's stock worker, reload, stop")
+    parser.add_argument("--nginx", action="store_true", help="also two web hosts behind nginx (deploy/nginx.conf)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     exit_on_sigterm()
@@ -267,6 +313,9 @@ def main(argv=None):
     print(f"\nSIGKILL of one worker: {kill['all']['failures']} of {kill['all']['requests']} failed (in flight on it: "
           f"{kill['in_flight_on_victim']:.0f}), replaced in {kill['replaced_s']:.1f} s, "
           f"{kill['after']['failures']} of {kill['after']['requests']} failed after")
+    if args.nginx and nginx_binary():
+        results["nginx"] = run_through_nginx(args.model, photo, args.clients, args.phase_seconds)
+        print_table("two web hosts behind nginx (deploy/nginx.conf)", results["nginx"])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

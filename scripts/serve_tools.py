@@ -120,8 +120,8 @@ class Server:
     production settings unless `env` says."""
 
     def __init__(self, instance, model_dir=SHIPPED_MODEL, env=None, log=None, app="wsgi:app",
-                 config="gunicorn.conf.py"):
-        self.port = free_port()
+                 config="gunicorn.conf.py", port=None):
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.instance = Path(instance)
         self.instance.mkdir(parents=True, exist_ok=True)
