@@ -85,7 +85,7 @@ def post_fork(server, worker):
     """One malloc arena per worker (glibc): a worker's request threads take turns running forward
     passes, and with an arena per thread each kept its own high-water mark, so memory grew with
     the thread count. The GIL and the model lock serialise them anyway: no speed is lost."""
-    from ml.libc import M_ARENA_MAX, glibc
+    from ml.train.libc import M_ARENA_MAX, glibc
     libc = glibc()
     if libc is not None:
         libc.mallopt(M_ARENA_MAX, 1)
@@ -103,7 +103,7 @@ def post_request(worker, req, environ, resp):
     now = time.monotonic()
     if now - _last_trim[0] >= TRIM_EVERY_S:
         _last_trim[0] = now
-        from ml.libc import glibc
+        from ml.train.libc import glibc
         libc = glibc()
         if libc is not None:
             libc.malloc_trim(0)

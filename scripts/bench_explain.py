@@ -24,10 +24,10 @@ import torch
 from captum.attr import IntegratedGradients
 
 from ml import CIFAR10_CLASSES
-from ml.explain import saliency_map
-from ml.models import tta_logits
-from ml.predict import Predictor
 from webapp import SETTINGS, create_app
+from ml.predict.explain import saliency_map
+from ml.nets.models import tta_logits
+from ml.predict.predictor import Predictor
 
 DATA = Path("data/train")
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ml.device import autocast, pick_amp_dtype
-from ml.export import build_exported, export_model, onnx_session
+from ml.nets.device import autocast, pick_amp_dtype
+from ml.export.formats import export_model, onnx_session
+from ml.export.graph import build_exported
 
 BATCHES = (1, 16)
 

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from ml.predict import Predictor
+from ml.predict.predictor import Predictor
 from scripts.serve_tools import SHIPPED_MODEL, make_photos
 
 BATCH_SIZES = (1, 2, 4, 8, 16)

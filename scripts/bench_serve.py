@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from ml.serving_policy import serving_tta
+from ml.evaluate.serving_policy import serving_tta
 from scripts.serve_tools import (PHOTO_SETS, PROJECT_ROOT, SHIPPED_MODEL, Server, exit_on_sigterm, free_port,
                                  make_photos, multipart, new_connection, percentile, photo_file, request,
                                  worker_rss)
@@ -51,7 +51,7 @@ def ceiling_worker(model_dir, paths, threads, batch, seconds, offset, barrier, r
     """One process: decode + preprocess + forward over the photos for `seconds`, `batch` per pass."""
     import torch
 
-    from ml.predict import Predictor
+    from ml.predict.predictor import Predictor
     torch.set_num_threads(threads)
     predictor = Predictor(model_dir)
     blobs = [Path(p).read_bytes() for p in paths]

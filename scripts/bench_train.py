@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from ml.data import load_dataset
-from ml.device import pick_amp_dtype
-from ml.libc import keep_freed_memory
-from ml.models import build_model
-from ml.optim import make_optimizer
-from ml.presets import NO_ROBUSTNESS_TRAINING, PRESETS, arch_kwargs
-from ml.train import build_parser, resolve_config, train, train_step
+from ml.data.sources import load_dataset
+from ml.nets.device import pick_amp_dtype
+from ml.train.libc import keep_freed_memory
+from ml.nets.models import build_model
+from ml.nets.optim import make_optimizer
+from ml.train.presets import NO_ROBUSTNESS_TRAINING, PRESETS, arch_kwargs
+from ml.train.loop import build_parser, resolve_config, train, train_step
 
 FAST, BEST, SGD = PRESETS["fast"], PRESETS["best"], PRESETS["sgd"]
 # (row label, preset whose model and optimizer the row trains, batch size, precision, allocator,

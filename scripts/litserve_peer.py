@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from ml.modelfile import load_model_dir
-from ml.models import tta_logits
+from ml.nets.modelfile import load_model_dir
+from ml.nets.models import tta_logits
 
 
 class ClassifierAPI(ls.LitAPI):

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from ml import CIFAR10_CLASSES
-from ml.modelfile import write_json_atomic
-from ml.presets import NO_ROBUSTNESS_TRAINING, PRESETS
+from ml.data.files import write_json_atomic
+from ml.train.presets import NO_ROBUSTNESS_TRAINING, PRESETS
 
 FIGURES = ("images", "auroc", "refused")  # per split, as the far-out sets report them
 HELD_OUT = [("cat", "dog"), ("airplane", "truck"), ("bird", "frog")]  # animals, vehicles, mixed

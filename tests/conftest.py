@@ -42,9 +42,9 @@ def make_model_dir(path, arch="airnet", seed=0, version="test-1", novelty=None):
     """An untrained but complete model folder (weights + card), built in a second; `novelty`, when
     given, is the card's "none of these" section."""
     from ml import CIFAR10_CLASSES
-    from ml.data import CIFAR_MEAN, CIFAR_STD
-    from ml.modelfile import write_model_dir
-    from ml.models import build_model
+    from ml.data.sources import CIFAR_MEAN, CIFAR_STD
+    from ml.nets.modelfile import write_model_dir
+    from ml.nets.models import build_model
 
     torch.manual_seed(seed)
     kwargs = {"widths": [8, 16, 16]} if arch == "airnet" else {}

@@ -8,9 +8,9 @@ import onnxruntime
 import pytest
 
 from admin_support import admin_config, auth_headers, login
-from ml import export
-from ml.export import load_torchscript
-from ml.modelfile import WEIGHTS_FILE
+from ml.export import formats as export
+from ml.export.formats import load_torchscript
+from ml.nets.modelfile import WEIGHTS_FILE
 from test_admin_versions import add
 from webapp import create_app
 from webapp.versions import store

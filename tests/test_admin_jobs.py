@@ -11,8 +11,8 @@ import pytest
 from admin_support import (LONG_JOB, TINY_JOB, admin_config, auth_headers, csrf_token, login, training, wait_for,
                            write_dataset)
 from conftest import image_bytes
-from ml.predict import Predictor
 from webapp import create_app, jobs, procs
+from ml.predict.predictor import Predictor
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from conftest import image_bytes, make_model_dir
-from ml.modelfile import CARD_FILE, WEIGHTS_FILE, read_card, write_json_atomic
+from ml.data.files import write_json_atomic
+from ml.nets.modelfile import CARD_FILE, WEIGHTS_FILE, read_card
 from webapp import create_app
 from webapp.serving import CHECK_INTERVAL_S, current_predictor, serving_status
 from webapp.versions import ModelStore, VersionError, list_versions, store

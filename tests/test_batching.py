@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import image_bytes, make_model_dir
-from ml.images import CorruptImageError
-from ml.predict import Predictor
 from webapp import create_app, request_photos
 from webapp.batching import MicroBatcher, batcher
+from ml.data.images import CorruptImageError
+from ml.predict.predictor import Predictor
 
 
 class RecordingPredictor(Predictor):

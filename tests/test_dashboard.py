@@ -10,8 +10,8 @@ from PIL import Image
 
 from conftest import make_model_dir
 from ml import CIFAR10_CLASSES
-from ml.modelfile import load_model_dir, write_model_dir
 from webapp import charts, versions
+from ml.nets.modelfile import load_model_dir, write_model_dir
 
 CLASSES = list(CIFAR10_CLASSES)
 PNG = b"\x89PNG\r\n\x1a\n"

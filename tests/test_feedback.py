@@ -11,9 +11,9 @@ from PIL import Image
 
 from admin_support import PASSWORD, TOKEN, auth_headers, csrf_token, login
 from conftest import image_bytes
-from ml.predict import Predictor
 from webapp import create_app, feedback
 from webapp.db import database
+from ml.predict.predictor import Predictor
 
 CAMERA = "SecretCam 3000"
 

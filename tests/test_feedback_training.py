@@ -11,12 +11,13 @@ from PIL import Image
 
 from admin_support import TINY_JOB, admin_config, auth_headers, wait_for, write_dataset
 from conftest import make_model_dir
-from ml.data import load_dataset
-from ml.modelfile import CARD_FILE, read_card, write_json_atomic
-from ml.predict import Predictor
-from ml.train import build_parser, initial_model, resolve_config
 from webapp import create_app, jobs
 from webapp.versions import ModelStore
+from ml.data.sources import load_dataset
+from ml.data.files import write_json_atomic
+from ml.nets.modelfile import CARD_FILE, read_card
+from ml.predict.predictor import Predictor
+from ml.train.loop import build_parser, initial_model, resolve_config
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-import ml.augment
-from ml.augment import (BANK_COPIES, blur_and_noise, build_client_bank, cached_client_bank, client_mix,
+import ml.data.augment
+from ml.data.augment import (BANK_COPIES, blur_and_noise, build_client_bank, cached_client_bank, client_mix,
                         client_round_trip, colour_jitter, cutout, photo_augment, random_resized_crop, resampled,
                         training_inputs)
-from ml.presets import PRESETS
-from ml.data import Split
-from ml.images import decode_image
+from ml.train.presets import PRESETS
+from ml.data.sources import Split
+from ml.data.images import decode_image
 
 STEPS = {"crop": random_resized_crop, "colour": colour_jitter, "blur": blur_and_noise, "cutout": cutout}
 
@@ -83,7 +83,7 @@ def test_colour_jitter_turns_about_the_grey_share_grey():
     x = textured(1000)
     out = colour_jitter(x, 1.0, torch.Generator().manual_seed(5))
     grey = (out.amax(1) - out.amin(1)).flatten(1).amax(1) < 1e-6
-    assert abs(grey.float().mean().item() - ml.augment.GREY_SHARE) < 0.05
+    assert abs(grey.float().mean().item() - ml.data.augment.GREY_SHARE) < 0.05
 
 
 def test_cutout_blanks_one_square_of_at_most_the_stated_size():
@@ -92,8 +92,9 @@ def test_cutout_blanks_one_square_of_at_most_the_stated_size():
     for image_in, image_out in zip(x, out):
         hole = (image_out == 0).all(0) & (image_in != 0).any(0)
         rows, cols = hole.nonzero(as_tuple=True)
-        assert 0 < len(rows) <= ml.augment.CUTOUT_SIZE ** 2
-        assert rows.max() - rows.min() < ml.augment.CUTOUT_SIZE and cols.max() - cols.min() < ml.augment.CUTOUT_SIZE
+        assert 0 < len(rows) <= ml.data.augment.CUTOUT_SIZE ** 2
+        size = ml.data.augment.CUTOUT_SIZE
+        assert rows.max() - rows.min() < size and cols.max() - cols.min() < size
         assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # a full rectangle
 
 
@@ -130,9 +131,9 @@ def test_a_round_trip_is_decoded_by_ml_images_from_encoded_bytes(monkeypatch):
         calls.append(Image.open(io.BytesIO(source)))  # bytes of an encoded photo, as an upload is
         return decode_image(source, *args, **kwargs)
 
-    monkeypatch.setattr(ml.augment, "decode_image", counting_decode)
+    monkeypatch.setattr(ml.data.augment, "decode_image", counting_decode)
     arrays = uint8_images(3).permute(0, 2, 3, 1).numpy()
-    bank = ml.augment._round_trips((arrays, 0))
+    bank = ml.data.augment._round_trips((arrays, 0))
     assert bank.shape == (BANK_COPIES, 3, 32, 32, 3) and bank.dtype == np.uint8
     assert len(calls) == BANK_COPIES * 3
     assert {image.format for image in calls} <= {"PNG", "JPEG", "WEBP"}
@@ -141,10 +142,10 @@ def test_a_round_trip_is_decoded_by_ml_images_from_encoded_bytes(monkeypatch):
 
 def test_a_png_nearest_integer_upscale_round_trip_returns_the_original_pixels(monkeypatch):
     import random
-    monkeypatch.setattr(ml.augment, "FORMATS", ["PNG"])
-    monkeypatch.setattr(ml.augment, "FILTERS", [Image.NEAREST])
-    monkeypatch.setattr(ml.augment, "UPSCALE_RANGE", (8, 8))
-    monkeypatch.setattr(ml.augment, "LETTERBOX_SHARE", 0.0)
+    monkeypatch.setattr(ml.data.augment, "FORMATS", ["PNG"])
+    monkeypatch.setattr(ml.data.augment, "FILTERS", [Image.NEAREST])
+    monkeypatch.setattr(ml.data.augment, "UPSCALE_RANGE", (8, 8))
+    monkeypatch.setattr(ml.data.augment, "LETTERBOX_SHARE", 0.0)
     original = uint8_images(1)[0].permute(1, 2, 0).numpy()
     assert np.array_equal(client_round_trip(original, random.Random(0)), original)
 
@@ -180,7 +181,7 @@ def test_cached_bank_is_built_once(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("rebuilt a cached bank")
 
-    monkeypatch.setattr(ml.augment, "build_client_bank", refuse)
+    monkeypatch.setattr(ml.data.augment, "build_client_bank", refuse)
     assert torch.equal(cached_client_bank(images, tmp_path / "cache", seed=0, workers=1), first)
     with pytest.raises(AssertionError):  # another seed is another bank
         cached_client_bank(images, tmp_path / "cache", seed=1, workers=1)
@@ -207,8 +208,8 @@ def test_client_mix_swaps_about_the_share_for_round_trips_of_the_same_image():
 
 def test_a_resampled_twin_is_pillows_upscale_and_area_downscale(monkeypatch):
     """The twin is what ml.images makes of a client's bilinear x3 upscale (BOX downscale)."""
-    monkeypatch.setattr(ml.augment, "RESAMPLE_FACTORS", (3,))
-    monkeypatch.setattr(ml.augment, "RESAMPLE_MODES", ("bilinear",))
+    monkeypatch.setattr(ml.data.augment, "RESAMPLE_FACTORS", (3,))
+    monkeypatch.setattr(ml.data.augment, "RESAMPLE_MODES", ("bilinear",))
     images = uint8_images(4)
     twin = resampled(images.float(), torch.Generator().manual_seed(0))
     for image, got in zip(images, twin):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ml import CIFAR10_CLASSES
-from ml.data import alternating_flip, augment, iterate_batches, load_dataset, stratified_split
+from ml.data.sources import alternating_flip, augment, iterate_batches, load_dataset, stratified_split
 
 
 def test_split_is_stratified_and_deterministic():
@@ -119,7 +119,7 @@ def test_augment_translates_whole_batches():
 
 
 def test_alternating_flip_mirrors_each_image_on_every_other_epoch():
-    from ml.data import Split
+    from ml.data.sources import Split
     images = torch.randint(0, 256, (64, 3, 4, 4), dtype=torch.uint8)
     split = Split(images, torch.arange(64))
     epochs = [alternating_flip(split, seed=0, epoch=e).images for e in range(3)]
@@ -131,7 +131,7 @@ def test_alternating_flip_mirrors_each_image_on_every_other_epoch():
 
 
 def test_batches_cover_every_image_once_and_shard():
-    from ml.data import Split
+    from ml.data.sources import Split
     split = Split(torch.zeros(10, 3, 4, 4, dtype=torch.uint8), torch.arange(10))
     seen = torch.cat([y for _, y in iterate_batches(split, 4, torch.Generator().manual_seed(0))])
     assert sorted(seen.tolist()) == list(range(10))

@@ -8,8 +8,8 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 
-import ml.download
-from ml import train as ml_train
+import ml.data.download
+from ml.train import loop as ml_train
 
 TRAIN_FLAGS = ["--no-suite", "--val-size", "40", "--threads", "1", "--preset", "fast", "--widths", "8", "16", "16",
                "--epochs", "1", "--batch-size", "50", "--precision", "fp32"]
@@ -38,7 +38,7 @@ class OfflineCIFAR10(FakeCIFAR10):
 @pytest.fixture
 def fake_torchvision(monkeypatch):
     FakeCIFAR10.calls = []
-    monkeypatch.setattr(ml.download, "CIFAR10", FakeCIFAR10)
+    monkeypatch.setattr(ml.data.download, "CIFAR10", FakeCIFAR10)
     return FakeCIFAR10
 
 
@@ -58,14 +58,14 @@ def test_without_the_flag_an_empty_folder_is_an_error(tmp_path, fake_torchvision
 
 
 def test_download_leaves_an_existing_dataset_alone(tiny_dataset, fake_torchvision):
-    assert ml.download.download_cifar10(tiny_dataset) == tiny_dataset
+    assert ml.data.download.download_cifar10(tiny_dataset) == tiny_dataset
     assert fake_torchvision.calls == []
 
 
 def test_download_command_says_when_offline(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(ml.download, "CIFAR10", OfflineCIFAR10)
+    monkeypatch.setattr(ml.data.download, "CIFAR10", OfflineCIFAR10)
     with pytest.raises(SystemExit) as stopped:
-        ml.download.main([str(tmp_path / "data")])
+        ml.data.download.main([str(tmp_path / "data")])
     assert "offline" in str(stopped.value) and OfflineCIFAR10.url in str(stopped.value)
     with pytest.raises(SystemExit) as stopped:
         ml_train.main(["--data", str(tmp_path / "data"), "--download", "--out", str(tmp_path / "m"), *TRAIN_FLAGS])

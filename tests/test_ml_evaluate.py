@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import PROJECT_ROOT
-from ml.evaluate import calibration, report_from_logits
+from ml.evaluate.report import calibration, report_from_logits
 
 CLASSES = ["a", "b", "c"]
 
@@ -54,7 +54,7 @@ def test_evaluate_cli_prints_a_report(tmp_path, tiny_dataset):
 
 
 def test_temperature_fixes_an_under_confident_model():
-    from ml.calibrate import fit_temperature
+    from ml.calibrate.finish import fit_temperature
     torch.manual_seed(0)
     # labels drawn from softmax(logits): these logits are calibrated at T = 1 ...
     logits = torch.randn(4000, 10) * 3
@@ -73,19 +73,19 @@ def test_evaluate_cli_adds_robustness_and_novelty_sections(tmp_path, tiny_datase
     an open-set model: the classes it left out are one of the unknown sets."""
     import functools
 
-    import ml.evaluate
-    from ml.outliers import PROCEDURAL_SETS
-    from ml.robustness import CORRUPTIONS, VARIANT_NAMES
-    from ml.train import build_parser, resolve_config, train
+    import ml.evaluate.report
+    from ml.data.outliers import PROCEDURAL_SETS
+    from ml.data.robustness import CORRUPTIONS, VARIANT_NAMES
+    from ml.train.loop import build_parser, resolve_config, train
     known = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse"]
     config = resolve_config(build_parser().parse_args([
         "--data", str(tiny_dataset), "--val-size", "40", "--preset", "fast", "--widths", "8", "16", "16",
         "--epochs", "1", "--batch-size", "40", "--precision", "fp32", "--classes", *known]))
     card = train(config, tmp_path / "m", emit=lambda record: None, suite=False)
-    monkeypatch.setattr(ml.evaluate, "robustness_report", functools.partial(
-        ml.evaluate.robustness_report, variant_images=8, corruption_images=8))
-    monkeypatch.setattr(ml.evaluate, "far_out_sets", functools.partial(ml.evaluate.far_out_sets, count=5))
-    ml.evaluate.main(["--model", str(tmp_path / "m"), "--data", str(tiny_dataset), "--robustness", "--novelty",
+    monkeypatch.setattr(ml.evaluate.report, "robustness_report", functools.partial(
+        ml.evaluate.report.robustness_report, variant_images=8, corruption_images=8))
+    monkeypatch.setattr(ml.evaluate.report, "far_out_sets", functools.partial(ml.evaluate.report.far_out_sets, count=5))
+    ml.evaluate.report.main(["--model", str(tmp_path / "m"), "--data", str(tiny_dataset), "--robustness", "--novelty",
                       "--suite-precision", "fp32", "--out", str(tmp_path / "r.json")])
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "r.json").read_text())

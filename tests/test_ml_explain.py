@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ml.explain import MAX_ALPHA, heat_overlay, saliency_map, scaled
-from ml.predict import Predictor
+from ml.predict.explain import MAX_ALPHA, heat_overlay, saliency_map, scaled
+from ml.predict.predictor import Predictor
 
 CORNER = 8
 

@@ -7,15 +7,15 @@ import sys
 import pytest
 
 from conftest import PROJECT_ROOT
-from ml.libc import glibc
+from ml.train.libc import glibc
 
 # Forward and backward passes of a narrow airnet on a batch whose activations (about 90 MB per
 # layer) are larger than glibc's mmap threshold, as in real training; prints the page faults of
 # the steps after the first.
 STEPS = """
 import json, resource, sys, torch
-from ml.libc import keep_freed_memory
-from ml.models import build_model
+from ml.train.libc import keep_freed_memory
+from ml.nets.models import build_model
 torch.set_num_threads(1)
 if sys.argv[1] == "keep":
     keep_freed_memory()

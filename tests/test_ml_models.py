@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import make_model_dir
-from ml.modelfile import ModelFileError, load_model_dir, read_card, write_model_dir
-from ml.models import AirNet, build_model, count_parameters
+from ml.nets.modelfile import ModelFileError, load_model_dir, read_card, write_model_dir
+from ml.nets.models import AirNet, build_model, count_parameters
 
 
 def test_seednet_is_the_tutorial_network():

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from ml.models import build_model
-from ml.muon import Muon, orthogonalize
-from ml.optim import make_optimizer
-from ml.presets import PRESETS
+from ml.nets.models import build_model
+from ml.nets.muon import Muon, orthogonalize
+from ml.nets.optim import make_optimizer
+from ml.train.presets import PRESETS
 
 
 @pytest.mark.parametrize("shape", [(16, 72), (72, 16)])

@@ -8,10 +8,11 @@ import torch
 
 from conftest import make_model_dir
 from ml import CIFAR10_CLASSES
-from ml.data import Dataset, Split, normalize
-from ml.modelfile import CARD_FILE, NOVELTY_FILE, ModelFileError, load_model_dir, load_novelty_bank, novelty_file
-from ml.models import build_model, tta_logits, tta_outputs
-from ml.novelty import auroc, energy_temperature, fit_threshold, knn_distance, normalise, novelty_scores, training_bank
+from ml.data.sources import Dataset, Split, normalize
+from ml.nets.modelfile import CARD_FILE, NOVELTY_FILE, ModelFileError, load_model_dir, load_novelty_bank, novelty_file
+from ml.nets.models import build_model, tta_logits, tta_outputs
+from ml.nets.novelty import (auroc, energy_temperature, fit_threshold, knn_distance, normalise, novelty_scores,
+                             training_bank)
 
 
 def brute_force_auroc(known, unknown) -> float:
@@ -114,7 +115,7 @@ def test_novelty_bank_loads_and_a_tampered_one_is_refused_naming_the_file(tmp_pa
     with pytest.raises(ModelFileError, match=NOVELTY_FILE) as error:
         load_novelty_bank(folder, card)
     assert "checksum" in str(error.value)
-    from ml.predict import Predictor
+    from ml.predict.predictor import Predictor
     with pytest.raises(ModelFileError, match=NOVELTY_FILE):
         Predictor(folder, device="cpu")
     (folder / NOVELTY_FILE).unlink()

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import PROJECT_ROOT
-from ml.images import (CorruptImageError, ImageTooLargeError, UnsupportedImageError, decode_image,
+from ml.data.images import (CorruptImageError, ImageTooLargeError, UnsupportedImageError, decode_image,
                        resize_center_crop)
-from ml.predict import Predictor
+from ml.predict.predictor import Predictor
 
 
 def encode(image, fmt, **kwargs) -> bytes:
@@ -175,10 +175,10 @@ def test_a_knn_card_recognises_what_its_bank_holds_and_the_override_wins(tmp_pat
     import torch
 
     from conftest import make_model_dir
-    from ml.data import normalize
-    from ml.modelfile import CARD_FILE, novelty_file
-    from ml.models import tta_outputs
-    from ml.novelty import KNN_K, normalise
+    from ml.data.sources import normalize
+    from ml.nets.modelfile import CARD_FILE, novelty_file
+    from ml.nets.models import tta_outputs
+    from ml.nets.novelty import KNN_K, normalise
 
     folder = make_model_dir(tmp_path / "knn")
     model_only = Predictor(folder)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-import ml.robustness
-from ml.images import decode_image
-from ml.robustness import (CLIENT_VARIANTS, CORRUPTIONS, SEVERITIES, VARIANT_NAMES, build_client_variants,
+import ml.data.robustness
+from ml.data.images import decode_image
+from ml.data.robustness import (CLIENT_VARIANTS, CORRUPTIONS, SEVERITIES, VARIANT_NAMES, build_client_variants,
                            cached_client_variants, corrupt, encode_client_photo, suite_subset)
 
 
@@ -35,8 +35,8 @@ def test_every_variant_is_decoded_by_ml_images_from_the_encoded_bytes(monkeypatc
         seen.append((image.format, image.size, image.mode))
         return decode_image(source, *args, **kwargs)
 
-    monkeypatch.setattr(ml.robustness, "decode_image", counting_decode)
-    variants = ml.robustness._variants_of(smooth_image())
+    monkeypatch.setattr(ml.data.robustness, "decode_image", counting_decode)
+    variants = ml.data.robustness._variants_of(smooth_image())
     assert variants.shape == (len(CLIENT_VARIANTS), 32, 32, 3) and variants.dtype == np.uint8
     assert len(seen) == len(CLIENT_VARIANTS)
     for (name, scale, _, fmt, _, extra), (seen_format, size, mode) in zip(CLIENT_VARIANTS, seen):
@@ -59,7 +59,7 @@ def test_build_gives_each_images_variants_in_order():
 
 def test_png_nearest_variant_is_the_original_and_every_variant_is_close_to_it():
     image = smooth_image(2)
-    variants = dict(zip(VARIANT_NAMES, ml.robustness._variants_of(image)))
+    variants = dict(zip(VARIANT_NAMES, ml.data.robustness._variants_of(image)))
     assert np.array_equal(variants["png x8 nearest"], image)
     for name, variant in variants.items():
         assert mean_difference(variant, image) < 6, name  # the same picture, upright, in its colours
@@ -82,7 +82,7 @@ def test_cached_variants_are_built_once(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("rebuilt cached variants")
 
-    monkeypatch.setattr(ml.robustness, "build_client_variants", refuse)
+    monkeypatch.setattr(ml.data.robustness, "build_client_variants", refuse)
     assert torch.equal(cached_client_variants(images, tmp_path, workers=1), first)
     with pytest.raises(AssertionError):  # other images, other variants
         cached_client_variants(as_batch(smooth_image(5)), tmp_path, workers=1)

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import PROJECT_ROOT
-from ml import calibrate
-from ml.evaluate import load_model_split, predict_outputs
-from ml.modelfile import load_model_dir
-from ml.novelty import DEFAULT_METHOD, ENERGY_TEMPERATURE, fit_threshold, novelty_scores
-from ml.distributed import StopFlag
-from ml.presets import PRESETS
-from ml.models import build_model
-from ml.train import EXIT_STOPPED, build_parser, jensen_shannon, resolve_config, train, train_step
+from ml.calibrate import finish as calibrate
+from ml.evaluate.report import load_model_split, predict_outputs
+from ml.nets.modelfile import load_model_dir
+from ml.nets.novelty import DEFAULT_METHOD, ENERGY_TEMPERATURE, fit_threshold, novelty_scores
+from ml.train.loop.distributed import StopFlag
+from ml.train.loop.presets import PRESETS
+from ml.nets.models import build_model
+from ml.train.loop import EXIT_STOPPED, build_parser, jensen_shannon, resolve_config, train, train_step
 
 SMALL = ["--val-size", "40", "--threads", "1"]
 
@@ -83,14 +83,14 @@ def test_the_consistency_loss_adds_its_weighted_divergence_to_the_step_loss():
 
 
 def test_training_clock_pauses_for_validation(tmp_path, tiny_dataset, monkeypatch):
-    import ml.train
-    fast_predict = ml.train.predict_logits
+    import ml.train.loop
+    fast_predict = ml.train.loop.predict_logits
 
     def slow_predict(*args, **kwargs):
         time.sleep(1.5)
         return fast_predict(*args, **kwargs)
 
-    monkeypatch.setattr(ml.train, "predict_logits", slow_predict)
+    monkeypatch.setattr(ml.train.loop, "predict_logits", slow_predict)
     card, _ = run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
                         "--epochs", "2", "--batch-size", "40", "--precision", "fp32")
     timing = card["training"]
@@ -234,7 +234,7 @@ def test_training_on_a_few_hundred_real_images(tmp_path, real_data_dir):
 
 
 def test_calibrate_cli_refits_on_the_training_runs_own_validation_split(tmp_path, tiny_dataset):
-    from ml import calibrate
+    from ml.calibrate import finish as calibrate
     card, _ = run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
                         "--epochs", "2", "--batch-size", "40", "--precision", "fp32", "--val-size", "60")
     card_path = tmp_path / "model" / "card.json"
@@ -268,20 +268,20 @@ def small_suite(monkeypatch):
     """The end-of-training suite on a few images (its defaults are sized for 5,000)."""
     import functools
 
-    import ml.calibrate
-    monkeypatch.setattr(ml.calibrate, "robustness_report", functools.partial(
-        ml.calibrate.robustness_report, variant_images=10, corruption_images=10))
-    monkeypatch.setattr(ml.calibrate, "far_out_sets", functools.partial(ml.calibrate.far_out_sets, count=6))
+    from ml.calibrate import finish
+    monkeypatch.setattr(finish, "robustness_report", functools.partial(
+        finish.robustness_report, variant_images=10, corruption_images=10))
+    monkeypatch.setattr(finish, "far_out_sets", functools.partial(finish.far_out_sets, count=6))
 
 
 def test_training_ends_with_novelty_and_robustness_in_the_card(
         tmp_path, tiny_dataset, monkeypatch):
 
-    from ml.data import load_dataset
-    from ml.modelfile import NOVELTY_FILE, load_novelty_bank
-    from ml.outliers import PROCEDURAL_SETS
-    from ml.predict import Predictor
-    from ml.robustness import CORRUPTIONS, SEVERITIES, VARIANT_NAMES
+    from ml.data.sources import load_dataset
+    from ml.nets.modelfile import NOVELTY_FILE, load_novelty_bank
+    from ml.data.outliers import PROCEDURAL_SETS
+    from ml.predict.predictor import Predictor
+    from ml.data.robustness import CORRUPTIONS, SEVERITIES, VARIANT_NAMES
     small_suite(monkeypatch)
     shares = ["--serving-aug", "0.5", "--crop-aug", "0.5", "--colour-aug", "0.5", "--blur-aug", "0.5",
               "--cutout-aug", "0.5"]

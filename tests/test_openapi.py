@@ -13,7 +13,7 @@ from werkzeug.wrappers import Request
 
 from admin_support import LONG_JOB, admin_config, auth_headers, wait_for, write_dataset
 from conftest import image_bytes
-from ml.presets import PRESETS
+from ml.train.presets import PRESETS
 from openapi_support import OPENAPI, SPEC, conforms
 from webapp import create_app, jobs
 from webapp.api import warm_up

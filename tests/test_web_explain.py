@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import image_bytes
-from ml.explain import MAX_ALPHA
+from ml.predict.explain import MAX_ALPHA
 from openapi_support import conforms
 from webapp import api
 from web_samples import encode, noise_image

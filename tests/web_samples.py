@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ml.data import stratified_split
+from ml.data.sources import stratified_split
 
 JPEG_EXIF_ORIENTATION = 0x0112
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ml.augment import client_round_trip
-from ml.images import decode_image
+from ml.data.augment import client_round_trip
+from ml.data.images import decode_image
 
 SUITE_FORMAT = 3  # bump when a variant or corruption changes, so cached suites are rebuilt
 EXIF_ORIENTATION = 0x0112

@@ -17,14 +17,14 @@ import torch.nn.functional as F
 
 from pathlib import Path
 
-from ml import robustness
-from ml.data import Split
-from ml.device import pick_amp_dtype, pick_device
-from ml.evaluate import (SUITE_CORRUPTION_IMAGES, SUITE_VARIANT_IMAGES, ModelRunner, far_out_sets,
+from ml.data import robustness
+from ml.data.sources import Split
+from ml.nets.device import pick_amp_dtype, pick_device
+from ml.evaluate.report import (SUITE_CORRUPTION_IMAGES, SUITE_VARIANT_IMAGES, ModelRunner, far_out_sets,
                          load_model_split, novelty_report, predict_outputs, report_from_logits,
                          robustness_report)
-from ml.modelfile import gallery_files, load_model_dir, novelty_file, write_model_dir
-from ml.novelty import (BANK_SIZE, DEFAULT_KEEP_SHARE, DEFAULT_METHOD, ENERGY_TEMPERATURE, KNN_K, METHODS,
+from ml.nets.modelfile import gallery_files, load_model_dir, novelty_file, write_model_dir
+from ml.nets.novelty import (BANK_SIZE, DEFAULT_KEEP_SHARE, DEFAULT_METHOD, ENERGY_TEMPERATURE, KNN_K, METHODS,
                         fit_threshold, novelty_scores, training_bank)
 
 PACKAGE_PHOTOS = "package-photos"  # under the data folder, made by scripts/export_package_photos.py

@@ -26,25 +26,25 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from ml.augment import client_mix, training_inputs
-from ml.calibrate import calibrated_report, fit_novelty_and_measure
-from ml.card import make_card, weights_digest
-from ml.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from ml.data import CIFAR_MEAN, CIFAR_STD, alternating_flip, iterate_batches
-from ml.device import autocast, pick_amp_dtype, pick_device
-from ml.distributed import (StopFlag, distributed_info, finish_distributed, init_distributed, stop_agreed,
+from ml.data.augment import client_mix, training_inputs
+from ml.calibrate.finish import calibrated_report, fit_novelty_and_measure
+from ml.train.card import make_card, weights_digest
+from ml.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from ml.data.sources import CIFAR_MEAN, CIFAR_STD, alternating_flip, iterate_batches
+from ml.nets.device import autocast, pick_amp_dtype, pick_device
+from ml.train.distributed import (StopFlag, distributed_info, finish_distributed, init_distributed, stop_agreed,
                             sync_buffers)
-from ml.download import DownloadError
-from ml.evaluate import predict_logits, report_from_logits, serving_section
-from ml.libc import keep_freed_memory
-from ml.finetune import FINETUNE_EPOCHS, FINETUNE_LR_SCALE, fine_tuning, initial_model
-from ml.modelfile import gallery_files, write_model_dir
-from ml.models import count_parameters
-from ml.optim import Lookahead, lr_factor, make_optimizer, set_lr
-from ml.presets import PRESETS, add_hyperparameter_flags, preset_with_flags
-from ml.progress import EpochMeter, terminal_line
-from ml.serving_policy import merged
-from ml.training_data import training_data
+from ml.data.download import DownloadError
+from ml.evaluate.report import predict_logits, report_from_logits, serving_section
+from ml.train.libc import keep_freed_memory
+from ml.train.finetune import FINETUNE_EPOCHS, FINETUNE_LR_SCALE, fine_tuning, initial_model
+from ml.nets.modelfile import gallery_files, write_model_dir
+from ml.nets.models import count_parameters
+from ml.nets.optim import Lookahead, lr_factor, make_optimizer, set_lr
+from ml.train.presets import PRESETS, add_hyperparameter_flags, preset_with_flags
+from ml.train.progress import EpochMeter, terminal_line
+from ml.evaluate.serving_policy import merged
+from ml.train.training_data import training_data
 
 EXIT_STOPPED = 3  # stopped by SIGTERM/SIGINT after writing a resume checkpoint
 NORM = (CIFAR_MEAN, CIFAR_STD)

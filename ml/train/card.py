@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 import torch
 import torchvision
 
-from ml.data import CIFAR_MEAN, CIFAR_STD
-from ml.models import count_parameters
-from ml.presets import arch_kwargs
+from ml.data.sources import CIFAR_MEAN, CIFAR_STD
+from ml.nets.models import count_parameters
+from ml.train.presets import arch_kwargs
 
 
 def weights_digest(model) -> str:

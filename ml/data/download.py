@@ -1,7 +1,7 @@
 """Fetch the official CIFAR-10 (python version, 170 MB) through torchvision, for a machine that has
 neither data/ nor the shared archive:
 
-    python -m ml.download data           # what `make data` runs; `python -m ml.train --download` too
+    python -m ml.data.download data           # what `make data` runs; `python -m ml.train --download` too
 
 torchvision is imported here only: loading it takes seconds and 200 MB, which serving (it imports
 ml.data) should not pay.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torchvision.datasets import CIFAR10
 
-from ml.data import cifar_py_root, has_dataset
+from ml.data.sources import cifar_py_root, has_dataset
 
 TIMEOUT_S = 30  # per network operation, so an offline machine fails instead of hanging
 

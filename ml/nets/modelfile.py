@@ -19,7 +19,8 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save, save_file
 
-from ml.models import build_model
+from ml.data.files import sha256_file, write_json_atomic
+from ml.nets.models import build_model
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -30,24 +31,6 @@ NOVELTY_FILE = "novelty.safetensors"
 
 class ModelFileError(Exception):
     """A model folder that cannot be loaded; the message names the file and the reason."""
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path, data):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_model_dir(path, model: torch.nn.Module, card: dict, extra_files: dict = None):

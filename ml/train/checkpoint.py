@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from ml.optim import Lookahead
+from ml.nets.optim import Lookahead
 
 
 @dataclass

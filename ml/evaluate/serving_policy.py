@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from ml.data import Split, iterate_batches, normalize
-from ml.models import TTA_VIEWS, combine_views, extra_views, tta_outputs
+from ml.data.sources import Split, iterate_batches, normalize
+from ml.nets.models import TTA_VIEWS, combine_views, extra_views, tta_outputs
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 GATE = {"min_agreement": 0.995, "max_accuracy_drop": 0.001, "max_ece_rise": 0.003}

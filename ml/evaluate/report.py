@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ml import outliers, robustness, serving_policy
-from ml.data import Split, iterate_batches, load_dataset, normalize
-from ml.device import autocast, pick_amp_dtype, pick_device
-from ml.modelfile import CARD_FILE, load_model_dir, load_novelty_bank, write_json_atomic
-from ml.models import tta_outputs
-from ml.novelty import METHODS, auroc, energy_temperature, novelty_scores
+from ml.data import outliers, robustness
+from ml.evaluate import serving_policy
+from ml.data.sources import Split, iterate_batches, load_dataset, normalize
+from ml.nets.device import autocast, pick_amp_dtype, pick_device
+from ml.data.files import write_json_atomic
+from ml.nets.modelfile import CARD_FILE, load_model_dir, load_novelty_bank
+from ml.nets.models import tta_outputs
+from ml.nets.novelty import METHODS, auroc, energy_temperature, novelty_scores
 
 CALIBRATION_BINS = 15
 

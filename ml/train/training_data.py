@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from ml.augment import cached_client_bank
-from ml.data import load_dataset, with_extra_training_images
-from ml.distributed import wait_for_all
-from ml.download import download_cifar10
+from ml.data.augment import cached_client_bank
+from ml.data.sources import load_dataset, with_extra_training_images
+from ml.train.distributed import wait_for_all
+from ml.data.download import download_cifar10
 
 
 def training_data(config: dict, download=False, rank=0, world=1):

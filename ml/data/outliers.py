@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from ml.images import IMAGE_SUFFIXES, decode_image
+from ml.data.images import IMAGE_SUFFIXES, decode_image
 
 WORDS = ("invoice total account settings cancel submit password search results page loading "
          "welcome error network download upload profile privacy terms help contact").split()

@@ -18,12 +18,12 @@ import threading
 import numpy as np
 import torch
 
-from ml.data import normalize
-from ml.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
-from ml.modelfile import load_model_dir, load_novelty_bank
-from ml.models import tta_outputs
-from ml.novelty import energy_temperature, novelty_scores
-from ml.serving_policy import cast_for_serving, serving_precision, serving_tta
+from ml.data.sources import normalize
+from ml.data.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from ml.nets.modelfile import load_model_dir, load_novelty_bank
+from ml.nets.models import tta_outputs
+from ml.nets.novelty import energy_temperature, novelty_scores
+from ml.evaluate.serving_policy import cast_for_serving, serving_precision, serving_tta
 
 TOP_K = 5
 LOG = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ml import CIFAR10_CLASSES
-from ml.images import IMAGE_SUFFIXES, decode_image
+from ml.data.images import IMAGE_SUFFIXES, decode_image
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean/std of CIFAR-10 training images, 0..1
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

@@ -2,7 +2,7 @@
 
 import torch
 
-from ml.muon import Muon
+from ml.nets.muon import Muon
 
 WARMUP_FRACTION = 0.23        # airbench schedule: 0.2x -> 1x over this share of steps, then -> 0.07x
 LOOKAHEAD_EVERY = 5           # steps between lookahead (EMA pull-back) updates

@@ -1,0 +1,1 @@
+"""Exporting a model folder as ONNX or TorchScript (`python -m ml.export`)."""

@@ -1,0 +1,149 @@
+"""What an exported model computes, and the export card that says how to feed it.
+
+The exported graph is the Predictor's path from the decoded photo on: uint8 (N, 32, 32, 3) RGB in,
+then float, NCHW, the card's normalisation, the network with the card's test-time augmentation,
+the temperature, softmax and the novelty score; out come `probabilities`, `logits` (calibrated)
+and `novelty`. Decoding stays outside (no graph format decodes JPEG or applies EXIF): the export
+card says exactly how, step by step, as ml/data/images.py does it.
+"""
+
+from datetime import datetime, timezone
+
+import torch
+from torch import nn
+
+from ml.data.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
+from ml.data.sources import normalize
+from ml.evaluate.serving_policy import serving_tta
+from ml.nets.modelfile import load_model_dir, load_novelty_bank
+from ml.nets.models import tta_outputs
+from ml.nets.novelty import KNN_K, energy_temperature, kth_neighbour_distance, novelty_scores
+
+EXPORT_CARD_FORMAT = 1
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("probabilities", "logits", "novelty")
+
+
+class ExportedClassifier(nn.Module):
+    """What the exported graph computes, from the decoder's output on (see the module docstring)."""
+
+    def __init__(self, model, card, tta: int, bank=None):
+        super().__init__()
+        self.model, self.tta = model, tta
+        self.norm = (card["normalization"]["mean"], card["normalization"]["std"])
+        self.temperature = float(card.get("temperature", 1.0))
+        self.novelty_method = (card.get("novelty") or {}).get("method", "msp")
+        self.energy_temperature = energy_temperature(card.get("novelty") or {})
+        self.register_buffer("bank", bank if bank is not None else torch.zeros(0))
+
+    def forward(self, image):
+        x = normalize(image.permute(0, 3, 1, 2), *self.norm)
+        logits, features = tta_outputs(self.model, x, self.tta)
+        logits = logits / self.temperature
+        if self.novelty_method == "knn":
+            novelty = kth_neighbour_distance(features, self.bank)
+        else:
+            novelty = novelty_scores(self.novelty_method, logits, temperature=self.energy_temperature)
+        return logits.softmax(1), logits, novelty
+
+
+def tta_spec(level: int) -> dict:
+    """The views of ml.models.tta_outputs at `level` and how their logits are combined."""
+    views = ["plain: the 32x32 input"]
+    combine = "the plain view's logits"
+    if level >= 1:
+        views.append("mirror: the input flipped left-right")
+        combine = "mean(plain, mirror)"
+    if level >= 2:
+        views += ["up-left: the input reflect-padded by 1 pixel on each side (34x34), rows 0-31 and columns 0-31",
+                  "up-left mirrored", "down-right: the same padded input, rows 2-33 and columns 2-33",
+                  "down-right mirrored"]
+        combine = ("0.5 * mean(plain, mirror) + 0.25 * mean(up-left, up-left mirrored) "
+                   "+ 0.25 * mean(down-right, down-right mirrored)")
+    return {"level": level, "in_graph": True, "views": views,
+            "combine": f"{combine}, on the normalised input, before the temperature"}
+
+
+def preprocessing_spec(size: int) -> dict:
+    """ml.images.decode_image, step by step: what a client does before the graph."""
+    return {
+        "reference": "ml/images.py decode_image (Pillow)",
+        "decode": f"Pillow Image.open; formats {sorted(ALLOWED_FORMATS)}; at most {DEFAULT_MAX_PIXELS:,} "
+                  "pixels (refused from the header); animations: the first frame",
+        "jpeg_draft": f"JPEG only: image.draft('RGB', ({2 * size}, {2 * size})) before loading, i.e. "
+                      "DCT-domain downscaling by 1/2..1/8 while both sides stay at least "
+                      f"{2 * size} pixels",
+        "exif_transpose": "PIL.ImageOps.exif_transpose, after loading",
+        "colour": "16-bit greyscale: the top 8 bits (shift right by 8 when any value exceeds 255); "
+                  "palette with transparency: to RGBA; RGBA/LA/PA: alpha-composited onto opaque white; "
+                  "then Image.convert('RGB')",
+        "resize": {"shorter_side": size, "longer_side": f"int({size} * longer / shorter), truncated",
+                   "filter_when_shrinking": "Image.BOX (area average)",
+                   "filter_when_enlarging": "Image.BILINEAR",
+                   "skipped_when": f"the image is already {size}x{size}"},
+        "crop": {"type": "centre", "size": [size, size],
+                 "offset": f"left = round((width - {size}) / 2), top = round((height - {size}) / 2), "
+                           "Python's round"},
+        "letterbox": False,
+        "array": f"numpy uint8 (height {size}, width {size}, 3 RGB), stacked into a batch (N, {size}, {size}, 3)",
+    }
+
+
+def website_policy(card: dict) -> dict:
+    """How the website runs the same model (ml/serving_policy.py): its TTA policy and, per kind of
+    device, the precision that passed the agreement gate against fp32."""
+    level, confident_at = serving_tta(card)
+    gates = (card.get("serving") or {}).get("precision") or {}
+    return {"level": level, "extra_views_below_confidence": confident_at,
+            "precision": {device: {"dtype": gate["dtype"] if gate["passed"] else "fp32",
+                                   "top1_agreement_with_fp32": gate.get("agreement")}
+                          for device, gate in gates.items()}}
+
+
+def export_card(card: dict, fmt: str, tta: int) -> dict:
+    size = card.get("input_size", 32)
+    norm = card["normalization"]
+    novelty = card.get("novelty") or {}
+    method = novelty.get("method", "msp")
+    t = energy_temperature(novelty)
+    scores = {"msp": "minus the highest probability",
+              "energy": f"minus {t:g} * logsumexp(logits / {t:g})" if t != 1 else "minus logsumexp(logits)",
+              "knn": "distance of the L2-normalised penultimate features (plain view) to their "
+                     f"{KNN_K}th nearest neighbour in a bank of training features, embedded in the graph"}
+    return {
+        "export_format": EXPORT_CARD_FORMAT, "format": fmt,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": card.get("name"), "version": card.get("version"), "arch": card["arch"],
+                  "weights_sha256": card["weights_sha256"]},
+        "classes": card["classes"],
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", size, size, 3],
+                  "layout": "NHWC, RGB, 0-255: the decoded photo (preprocessing), not normalised"},
+        "outputs": {"probabilities": "(batch, classes) softmax of the calibrated logits",
+                    "logits": "(batch, classes) TTA-combined logits divided by the temperature",
+                    "novelty": "(batch,) higher = less like the training images"},
+        "preprocessing": preprocessing_spec(size),
+        "in_graph": ["cast to float32", "NHWC to NCHW", "normalisation", "network with the TTA views",
+                     "divide by the temperature", "softmax", "novelty"],
+        "normalization": {"mean": norm["mean"], "std": norm["std"],
+                          "formula": "(pixel - 255 * mean[c]) / (255 * std[c]), pixel in 0..255"},
+        "tta": dict(tta_spec(tta), website_level=card.get("tta", 0), website_policy=website_policy(card)),
+        "temperature": float(card.get("temperature", 1.0)),
+        "novelty": {"method": method, "score": scores[method], "threshold": novelty.get("threshold"),
+                    "rule": "recognised when novelty <= threshold (always, without a threshold); "
+                            "otherwise the answer is 'none of these' and the label only the closest guess"},
+        "answer": "label = classes[argmax(probabilities)], confidence = its probability, the top 5 by probability",
+    }
+
+
+def build_exported(model_dir, tta=None):
+    """(ExportedClassifier in eval mode, the model's card) for a model folder; `tta` None: the card's level."""
+    model, card = load_model_dir(model_dir)
+    level = card.get("tta", 0) if tta is None else tta
+    bank = load_novelty_bank(model_dir, card)
+    module = ExportedClassifier(model, card, level, bank).eval()
+    return module, card
+
+
+def example_input(size: int) -> torch.Tensor:
+    return torch.zeros(1, size, size, 3, dtype=torch.uint8)
+
