@@ -9,13 +9,14 @@ long before the listener closes), WEB_RELOAD_TIMEOUT_S (120 s: on HUP the old wo
 the new ones are ready, at most this long).
 Prometheus samples of all workers meet in PROMETHEUS_MULTIPROC_DIR (default <instance>/prometheus).
 
-Reloads, recycling and stops lose no request: webapp/graceful.py says how, docs/operations.md how
+Reloads, recycling and stops lose no request: webapp/core/graceful.py says how, docs/operations.md how
 to roll out a release with them.
 """
 
 import os
 
-from webapp import graceful, instance_path  # Flask and gunicorn only: torch stays out of the master
+from webapp.core import graceful  # gunicorn only: Flask and torch stay out of the master
+from webapp.settings import instance_path
 
 
 def available_cores() -> int:
@@ -42,8 +43,8 @@ os.environ["TORCH_THREADS"] = str(torch_threads)  # read by the app in each work
 
 bind = f"127.0.0.1:{os.environ.get('PORT') or 8000}"
 # gunicorn's gthread worker (request threads share the worker's one model; forward passes take a
-# lock) with a stop that answers every request it already received (webapp/graceful.py)
-worker_class = "webapp.graceful.DrainingThreadWorker"
+# lock) with a stop that answers every request it already received (webapp/core/graceful.py)
+worker_class = "webapp.core.graceful.DrainingThreadWorker"
 threads = env_int("WEB_THREADS") or 8  # 8, not 4: more requests in flight, larger micro-batches
 timeout = env_int("WEB_TIMEOUT") or 60
 graceful_timeout = 30
@@ -57,7 +58,7 @@ accesslog = "-"
 errorlog = "-"
 
 
-RUN_FOLDER = os.path.join(instance_path(), "run")  # the workers' ready markers (webapp/graceful.py)
+RUN_FOLDER = os.path.join(instance_path(), "run")  # the workers' ready markers (webapp/core/graceful.py)
 
 
 def on_starting(server):
@@ -73,7 +74,7 @@ def on_starting(server):
 
 
 def when_ready(server):
-    """Reloads keep the old workers until the new are ready; TERM drains first (webapp/graceful.py)."""
+    """Reloads keep the old workers until the new are ready; TERM drains first (webapp/core/graceful.py)."""
     graceful.install_master(server, DRAIN_S, RELOAD_TIMEOUT_S)
 
 
@@ -110,13 +111,13 @@ def post_request(worker, req, environ, resp):
 
 
 def child_exit(server, worker):
-    """Runs in the master's SIGCHLD handler: nothing there may fail or import (webapp/graceful.py)."""
+    """Runs in the master's SIGCHLD handler: nothing there may fail or import (webapp/core/graceful.py)."""
     graceful.worker_gone(server, worker.pid)
 
 
 def post_worker_init(worker):
     """Load the model in this worker now, so the first request does not wait and /readyz turns 200;
     only then may a reload stop the worker this one replaces."""
-    from webapp.api import warm_up
+    from webapp.predict.serving import warm_up
     warm_up(worker.wsgi)
     graceful.mark_ready(RUN_FOLDER, worker.pid)

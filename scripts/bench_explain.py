@@ -24,10 +24,11 @@ import torch
 from captum.attr import IntegratedGradients
 
 from ml import CIFAR10_CLASSES
-from webapp import SETTINGS, create_app
 from ml.predict.explain import saliency_map
 from ml.nets.models import tta_logits
 from ml.predict.predictor import Predictor
+from webapp import create_app
+from webapp.settings import SETTINGS
 
 DATA = Path("data/train")
 

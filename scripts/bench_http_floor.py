@@ -22,7 +22,7 @@ from flask import Flask, jsonify, request
 from ml import CIFAR10_CLASSES
 from scripts.bench_serve import Load
 from scripts.serve_tools import Server, cpu_seconds, exit_on_sigterm, make_photos, multipart, photo_file
-from webapp.request_photos import InMemoryRequest
+from webapp.predict.request_photos import InMemoryRequest
 
 # gunicorn.conf.py as it is, less the hook that loads a model into each worker
 FLOOR_CONFIG = """exec(compile(open("gunicorn.conf.py").read(), "gunicorn.conf.py", "exec"))

@@ -1,4 +1,4 @@
-"""The OpenAPI document (webapp/openapi.json) and a check of real responses against it."""
+"""The OpenAPI document (webapp/predict/openapi.json) and a check of real responses against it."""
 
 import json
 
@@ -7,7 +7,7 @@ from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAP
 
 from conftest import PROJECT_ROOT
 
-SPEC = json.loads((PROJECT_ROOT / "webapp" / "openapi.json").read_text())
+SPEC = json.loads((PROJECT_ROOT / "webapp" / "predict" / "openapi.json").read_text())
 OPENAPI = OpenAPI.from_dict(SPEC)
 
 

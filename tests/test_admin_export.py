@@ -13,7 +13,8 @@ from ml.export.formats import load_torchscript
 from ml.nets.modelfile import WEIGHTS_FILE
 from test_admin_versions import add
 from webapp import create_app
-from webapp.versions import store
+from webapp.lifecycle.site import Site
+from webapp.lifecycle.versions import store
 
 PAGE = "/admin/versions/{}/export/{}"
 API = "/api/v1/admin/versions/{}/export/{}"
@@ -72,9 +73,8 @@ def test_unknown_formats_and_versions_404_and_damaged_weights_409(app, tmp_path)
     client = app.test_client()
     assert client.get(API.format("shipped", "pickle"), headers=auth_headers()).status_code == 404
     assert client.get(API.format("nope", "onnx"), headers=auth_headers()).status_code == 404
-    with app.app_context():
-        damaged = add(store(), tmp_path, 4)
-    weights = store(app).root / damaged / WEIGHTS_FILE
+    damaged = add(store(Site.of(app)), tmp_path, 4)
+    weights = store(Site.of(app)).root / damaged / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:100])
     response = client.get(API.format(damaged, "onnx"), headers=auth_headers())
     assert response.status_code == 409 and "checksum" in response.json["error"]["message"]

@@ -11,8 +11,10 @@ import pytest
 from admin_support import (LONG_JOB, TINY_JOB, admin_config, auth_headers, csrf_token, login, training, wait_for,
                            write_dataset)
 from conftest import image_bytes
-from webapp import create_app, jobs, procs
 from ml.predict.predictor import Predictor
+from webapp import create_app
+from webapp.lifecycle import jobs, procs
+from webapp.lifecycle.site import Site
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +31,11 @@ def admin_app(tmp_path, tiny_model_dir, dataset):
 
 def stop_active_job(app):
     """Leave no training process behind a test."""
-    job = jobs.active_job(app)
+    site = Site.of(app)
+    job = jobs.active_job(site)
     if job:
-        with app.app_context():
-            jobs.cancel(job["id"])
-        wait_for(lambda: jobs.active_job(app) is None, 30, what="the job to stop")
+        jobs.cancel(site, job["id"])
+        wait_for(lambda: jobs.active_job(site) is None, 30, what="the job to stop")
 
 
 @pytest.fixture
@@ -234,5 +236,5 @@ def test_a_job_measures_the_robustness_suite_unless_the_setting_turns_it_off(tmp
     params = {"preset": "seed", "data": "default"}
     measured = create_app(admin_config(tmp_path / "a", tiny_model_dir, dataset, TRAIN_SUITE=True))
     skipped = create_app(admin_config(tmp_path / "b", tiny_model_dir, dataset))
-    assert "--no-suite" not in jobs.build_command(params, tmp_path / "job", measured)
-    assert "--no-suite" in jobs.build_command(params, tmp_path / "job", skipped)
+    assert "--no-suite" not in jobs.build_command(Site.of(measured), params, tmp_path / "job")
+    assert "--no-suite" in jobs.build_command(Site.of(skipped), params, tmp_path / "job")

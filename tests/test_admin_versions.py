@@ -11,8 +11,11 @@ from conftest import image_bytes, make_model_dir
 from ml.data.files import write_json_atomic
 from ml.nets.modelfile import CARD_FILE, WEIGHTS_FILE, read_card
 from webapp import create_app
-from webapp.serving import CHECK_INTERVAL_S, current_predictor, serving_status
-from webapp.versions import ModelStore, VersionError, list_versions, store
+from webapp.core.errors import status_of
+from webapp.lifecycle.gate import promotion_gate
+from webapp.lifecycle.site import Site
+from webapp.lifecycle.versions import ModelStore, VersionError, list_versions, store
+from webapp.predict.serving import CHECK_INTERVAL_S, current_predictor, serving_status
 
 
 @pytest.fixture
@@ -36,15 +39,14 @@ def add(model_store, tmp_path, job_id, accuracy=None):
 
 
 def test_add_writes_a_complete_version_atomically(app, tmp_path):
-    with app.app_context():
-        model_store = store()
-        version_id = add(model_store, tmp_path, 7, accuracy=0.5)
-        folder = model_store.root / version_id
-        assert version_id.endswith("-job7")
-        assert [p.name for p in model_store.root.iterdir()] == [version_id]  # no temporary folder left
-        card = read_card(folder)
-        assert card["version"] == version_id and card["job"] == 7 and card["trained_version"] == "20260101-000000"
-        listed = list_versions()
+    model_store = store(Site.of(app))
+    version_id = add(model_store, tmp_path, 7, accuracy=0.5)
+    folder = model_store.root / version_id
+    assert version_id.endswith("-job7")
+    assert [p.name for p in model_store.root.iterdir()] == [version_id]  # no temporary folder left
+    card = read_card(folder)
+    assert card["version"] == version_id and card["job"] == 7 and card["trained_version"] == "20260101-000000"
+    listed = list_versions(Site.of(app))
     assert [v["id"] for v in listed] == [version_id, "shipped"]
     assert listed[0]["metrics"]["accuracy"] == 0.5 and listed[0]["path"] == str(folder)
     assert listed[1]["active"] and listed[1]["shipped"] and not listed[0]["active"]
@@ -58,7 +60,7 @@ def test_promotion_gate(tmp_path, tiny_model_dir, active_acc, new_acc, margin, p
     first = add(model_store, tmp_path, 1, accuracy=active_acc)
     model_store.activate(first)
     second = add(model_store, tmp_path, 2, accuracy=new_acc)
-    decision = model_store.gate(second, margin)
+    decision = promotion_gate(model_store, second, margin)
     assert decision["promoted"] is promoted
     assert decision["active_accuracy"] == active_acc and decision["accuracy"] == new_acc
     assert model_store.active_id() == (second if promoted else first)
@@ -73,9 +75,9 @@ def test_activation_refuses_unknown_ids_and_truncated_weights(tmp_path, tiny_mod
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(VersionError) as refused:
         model_store.activate(damaged)
-    assert refused.value.status == 409 and "checksum" in str(refused.value)
+    assert status_of(refused.value) == 409 and "checksum" in str(refused.value)
     assert model_store.active_id() == good
-    assert model_store.gate(damaged, 1.0)["promoted"] is False   # the gate refuses it too
+    assert promotion_gate(model_store, damaged, 1.0)["promoted"] is False   # the gate refuses it too
     assert model_store.active_id() == good
     for bad in ("../models", "active", "", "nope", ".lock"):
         with pytest.raises(VersionError):
@@ -85,9 +87,8 @@ def test_activation_refuses_unknown_ids_and_truncated_weights(tmp_path, tiny_mod
 def test_api_refuses_a_damaged_version_and_keeps_serving(app, tmp_path):
     client = app.test_client()
     headers = {"Authorization": "Bearer y"}
-    with app.app_context():
-        damaged = add(store(), tmp_path, 3)
-    weights = store(app).root / damaged / WEIGHTS_FILE
+    damaged = add(store(Site.of(app)), tmp_path, 3)
+    weights = store(Site.of(app)).root / damaged / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:-10])
     response = client.post(f"/api/v1/admin/versions/{damaged}/activate", headers=headers)
     assert response.status_code == 409 and "damaged" in response.json["error"]["message"]
@@ -97,7 +98,7 @@ def test_api_refuses_a_damaged_version_and_keeps_serving(app, tmp_path):
 
 def test_worker_swaps_to_the_new_active_version_and_refuses_damaged_weights(app, tmp_path):
     with app.app_context():
-        model_store = store()
+        model_store = store(Site.of(app))
         assert current_predictor().version == "test-1"
         first = add(model_store, tmp_path, 1)
         model_store.activate(first)
@@ -124,7 +125,7 @@ def test_worker_swaps_to_the_new_active_version_and_refuses_damaged_weights(app,
 
 def test_a_damaged_active_version_at_start_falls_back_to_the_shipped_model(app, tmp_path):
     with app.app_context():
-        model_store = store()
+        model_store = store(Site.of(app))
         version = add(model_store, tmp_path, 1)
         model_store.activate(version)
         (model_store.root / version / WEIGHTS_FILE).write_bytes(b"")
@@ -145,9 +146,8 @@ def wait_served(version, timeout=5):
 def test_no_request_fails_while_versions_swap(app, tmp_path):
     """Threads classify while the active version flips back and forth: every answer succeeds and
     names a version that was active."""
-    with app.app_context():
-        model_store = store()
-        ids = [add(model_store, tmp_path, n) for n in (1, 2)]
+    model_store = store(Site.of(app))
+    ids = [add(model_store, tmp_path, n) for n in (1, 2)]
     answers, errors, stop = [], [], threading.Event()
     photo = image_bytes()
 

@@ -1,4 +1,4 @@
-"""Micro-batching (webapp/batching.py): concurrent requests share forward passes, each gets its own
+"""Micro-batching (webapp/predict/batching.py): concurrent requests share forward passes, each gets its own
 results from the one model that made them, and a lone request never waits for the window."""
 
 import threading
@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import image_bytes, make_model_dir
-from webapp import create_app, request_photos
-from webapp.batching import MicroBatcher, batcher
 from ml.data.images import CorruptImageError
 from ml.predict.predictor import Predictor
+from webapp import create_app
+from webapp.predict import request_photos
+from webapp.predict.batching import MicroBatcher, batcher
 
 
 class RecordingPredictor(Predictor):

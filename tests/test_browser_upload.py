@@ -278,7 +278,7 @@ def test_gunicorn_settings(monkeypatch):
     assert settings["timeout"] > 0 and settings["preload_app"] is False and callable(settings["post_worker_init"])
     # no recycling by default; when an operator turns it on, staggered (docs/operations.md)
     assert settings["max_requests"] == 0 and settings["max_requests_jitter"] == 0
-    assert settings["worker_class"] == "webapp.graceful.DrainingThreadWorker" and settings["DRAIN_S"] == 5
+    assert settings["worker_class"] == "webapp.core.graceful.DrainingThreadWorker" and settings["DRAIN_S"] == 5
     monkeypatch.setenv("WEB_MAX_REQUESTS", "500")
     recycling = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
     assert recycling["max_requests"] == 500 and recycling["max_requests_jitter"] == 100

@@ -10,8 +10,9 @@ from PIL import Image
 
 from conftest import make_model_dir
 from ml import CIFAR10_CLASSES
-from webapp import charts, versions
 from ml.nets.modelfile import load_model_dir, write_model_dir
+from webapp.dashboard import charts
+from webapp.lifecycle import versions
 
 CLASSES = list(CIFAR10_CLASSES)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -398,7 +399,7 @@ def two_versions(tmp_path, monkeypatch, full_model_dir):
     """A stand-in for the version store's list, with two versions."""
     other = make_full_model_dir(tmp_path / "other", version="other-2", evaluation=dict(
         full_card_parts()["evaluation"], accuracy=0.5432))
-    monkeypatch.setattr(versions, "list_versions", lambda: [
+    monkeypatch.setattr(versions, "list_versions", lambda site: [
         {"id": "v-new", "path": str(other), "active": False, "created": "2026-11-29T12:00:00+00:00",
          "metrics": {"accuracy": 0.5432}},
         {"id": "v-old", "path": str(full_model_dir), "active": True, "created": "2026-11-28T12:00:00+00:00"}])

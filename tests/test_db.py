@@ -4,7 +4,7 @@ import multiprocessing
 import sqlite3
 import threading
 
-from webapp import db
+from webapp.lifecycle import db
 
 PROCESSES, THREADS, FRESH_FILES = 4, 6, 12
 

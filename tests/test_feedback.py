@@ -11,9 +11,11 @@ from PIL import Image
 
 from admin_support import PASSWORD, TOKEN, auth_headers, csrf_token, login
 from conftest import image_bytes
-from webapp import create_app, feedback
-from webapp.db import database
 from ml.predict.predictor import Predictor
+from webapp import create_app
+from webapp.lifecycle import feedback
+from webapp.lifecycle.db import database
+from webapp.lifecycle.site import Site
 
 CAMERA = "SecretCam 3000"
 
@@ -59,7 +61,7 @@ def stored(app) -> tuple:
     """(rows of the feedback table, files in the feedback folder)."""
     with database(app.instance_path) as conn:
         rows = conn.execute("SELECT * FROM feedback").fetchall()
-    folder = feedback.folder(app)
+    folder = feedback.folder(Site.of(app))
     return rows, sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
@@ -77,10 +79,10 @@ def test_feedback_keeps_a_re_encoded_copy_and_the_model_input(app, client, tiny_
     original = camera_photo()
     response = send(client, original, label="none")
     assert response.status_code == 201 and response.json == {"id": 1, "duplicate": False}
-    [item] = feedback.list_items(app=app)
+    [item] = feedback.list_items(Site.of(app))
     assert (item["claimed"], item["label"], item["predicted"], item["version"], item["status"]) == \
         ("none", "none", "dog", "test-1", "pending")
-    folder = feedback.folder(app)
+    folder = feedback.folder(Site.of(app))
     kept = (folder / f"{item['hash']}.jpg").read_bytes()
     assert kept != original and CAMERA.encode() not in kept
     with Image.open(io.BytesIO(kept)) as image:
@@ -100,7 +102,8 @@ def test_the_same_photo_sent_twice_is_one_item(app, client):
     assert send(client, same_pixels.getvalue(), filename="other.png").json["id"] == first["id"]
     rows, files = stored(app)
     assert len(rows) == 1 and len(files) == 2
-    assert feedback.list_items(app=app)[0]["sends"] == 3 and feedback.list_items(app=app)[0]["claimed"] == "cat"
+    [item] = feedback.list_items(Site.of(app))
+    assert item["sends"] == 3 and item["claimed"] == "cat"
 
 
 def noise_png(size) -> bytes:
@@ -159,7 +162,7 @@ def test_review_api_needs_the_token(app, client):
     assert client.get("/api/v1/admin/feedback").status_code == 401
     assert client.post(f"/api/v1/admin/feedback/{item_id}", json={"status": "accepted"}).status_code == 401
     assert client.delete(f"/api/v1/admin/feedback/{item_id}").status_code == 401
-    assert feedback.list_items(app=app)[0]["status"] == "pending"
+    assert feedback.list_items(Site.of(app))[0]["status"] == "pending"
     reviewed = client.post(f"/api/v1/admin/feedback/{item_id}", json={"status": "accepted", "label": "dog"},
                            headers=auth_headers())
     assert reviewed.status_code == 200 and (reviewed.json["status"], reviewed.json["label"]) == ("accepted", "dog")
@@ -186,11 +189,11 @@ def test_review_page_needs_login_and_csrf(app, client):
     assert refused.status_code == 302 and "/admin/login" in refused.headers["Location"]
     login(client)
     assert review(client, ids, "accept").status_code == 400  # no CSRF token
-    assert {i["status"] for i in feedback.list_items(app=app)} == {"pending"}
+    assert {i["status"] for i in feedback.list_items(Site.of(app))} == {"pending"}
     token = csrf_token(client, "/admin/feedback")
     assert review(client, ids[:2], "relabel", token, new_label="ship").status_code == 302
     assert review(client, ids[2:], "reject", token).status_code == 302
-    by_id = {i["id"]: i for i in feedback.list_items(app=app)}
+    by_id = {i["id"]: i for i in feedback.list_items(Site.of(app))}
     assert [(by_id[i]["status"], by_id[i]["label"]) for i in ids] == \
         [("accepted", "ship"), ("accepted", "ship"), ("rejected", "cat")]
     page = client.get("/admin/feedback?status=accepted&label=ship").get_data(as_text=True)
@@ -214,8 +217,8 @@ def test_photos_are_served_to_the_admin_as_inert_images(app, client):
 
 def test_delete_for_good_removes_the_photo_and_its_copies(app, client):
     ids = [send(client, photo((i * 50, 10, 10))).json["id"] for i in range(2)]
-    digest = feedback.get(ids[0], app=app)["hash"]
-    copy = feedback.folder(app).parent / "jobs" / "7" / "feedback" / "train" / "cat" / f"{digest}.png"
+    digest = feedback.get(Site.of(app), ids[0])["hash"]
+    copy = feedback.folder(Site.of(app)).parent / "jobs" / "7" / "feedback" / "train" / "cat" / f"{digest}.png"
     copy.parent.mkdir(parents=True)
     copy.write_bytes(b"a job's copy")
     login(client)
@@ -227,14 +230,13 @@ def test_delete_for_good_removes_the_photo_and_its_copies(app, client):
 def test_export_is_an_image_folder_zip_of_the_accepted(app, client):
     ids = [send(client, photo((i * 40, 90, 10)), label=label).json["id"]
            for i, label in enumerate(["cat", "cat", "ship", "none", "dog"])]
-    with app.app_context():
-        feedback.review(ids[:4], "accepted", [])
-        feedback.review(ids[4:], "rejected", [])
+    feedback.review(Site.of(app), ids[:4], "accepted", [])
+    feedback.review(Site.of(app), ids[4:], "rejected", [])
     login(client)
     response = client.get("/admin/feedback/export.zip")
     assert response.status_code == 200 and response.mimetype == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(response.data)).namelist()
-    hashes = {i: feedback.get(i, app=app)["hash"] for i in ids}
+    hashes = {i: feedback.get(Site.of(app), i)["hash"] for i in ids}
     assert sorted(names) == sorted([f"cat/{hashes[ids[0]]}.jpg", f"cat/{hashes[ids[1]]}.jpg",
                                     f"ship/{hashes[ids[2]]}.jpg"])
     with zipfile.ZipFile(io.BytesIO(response.data)) as archive:

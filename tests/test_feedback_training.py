@@ -11,13 +11,16 @@ from PIL import Image
 
 from admin_support import TINY_JOB, admin_config, auth_headers, wait_for, write_dataset
 from conftest import make_model_dir
-from webapp import create_app, jobs
-from webapp.versions import ModelStore
 from ml.data.sources import load_dataset
 from ml.data.files import write_json_atomic
 from ml.nets.modelfile import CARD_FILE, read_card
 from ml.predict.predictor import Predictor
 from ml.train.loop import build_parser, initial_model, resolve_config
+from webapp import create_app
+from webapp.lifecycle import jobs
+from webapp.lifecycle.gate import promotion_gate, record_feedback
+from webapp.lifecycle.site import Site
+from webapp.lifecycle.versions import ModelStore
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +32,11 @@ def dataset(tmp_path_factory):
 def admin_app(tmp_path, tiny_model_dir, dataset):
     app = create_app(admin_config(tmp_path, tiny_model_dir, dataset, FEEDBACK_MAX_SENDS=1000))
     yield app
-    job = jobs.active_job(app)
+    site = Site.of(app)
+    job = jobs.active_job(site)
     if job:  # leave no training process behind
-        with app.app_context():
-            jobs.cancel(job["id"])
-        wait_for(lambda: jobs.active_job(app) is None, 30, what="the job to stop")
+        jobs.cancel(site, job["id"])
+        wait_for(lambda: jobs.active_job(site) is None, 30, what="the job to stop")
 
 
 def colour_photo(i) -> bytes:
@@ -126,29 +129,29 @@ def set_user_photos(store, version_id, **measure):
 def test_gate_refuses_a_version_worse_on_users_photos(tmp_path, tiny_model_dir, two_versions):
     store, version = two_versions
     items = eval_items(tmp_path, tiny_model_dir, [None, None, None, None])  # the active one is right on all
-    section = store.record_feedback(version, 3, items)
+    section = record_feedback(store, version, 3, items)
     assert section["eval"]["accuracy"] == 1.0 and section["eval"]["not_recognised_rate"] == 0.0
     assert [i["id"] for i in section["eval"]["items"]] == [0, 1, 2, 3]
     set_user_photos(store, version, accuracy=0.5)  # as if the candidate had got half of them wrong
-    decision = store.gate(version, 0.0, margins(items, accuracy=0.25))
+    decision = promotion_gate(store, version, 0.0, margins(items, accuracy=0.25))
     assert decision["promoted"] is False and "users' photos" in decision["reason"]
     assert decision["active_user_photos"]["accuracy"] == 1.0 and store.active_id() == "shipped"
-    assert store.gate(version, 0.0, margins(items, accuracy=0.5))["promoted"] is True
+    assert promotion_gate(store, version, 0.0, margins(items, accuracy=0.5))["promoted"] is True
 
 
 def test_gate_refuses_a_version_that_recognises_fewer_users_photos(tmp_path, tiny_model_dir, two_versions):
     store, version = two_versions
     items = eval_items(tmp_path, tiny_model_dir, [None, None])
-    store.record_feedback(version, 0, items)
+    record_feedback(store, version, 0, items)
     set_user_photos(store, version, not_recognised_rate=0.5)
-    decision = store.gate(version, 0.0, margins(items, unrecognised=0.1))
+    decision = promotion_gate(store, version, 0.0, margins(items, unrecognised=0.1))
     assert decision["promoted"] is False and "not recognised" in decision["reason"]
 
 
 def test_without_reviewed_photos_the_gate_is_validation_accuracy_alone(two_versions):
     store, version = two_versions
-    assert store.record_feedback(version, 0, [])["eval"] is None
-    assert store.gate(version, 0.0, margins([]))["promoted"] is True
+    assert record_feedback(store, version, 0, [])["eval"] is None
+    assert promotion_gate(store, version, 0.0, margins([]))["promoted"] is True
 
 
 def test_init_from_starts_from_the_versions_weights(tmp_path, tiny_model_dir):

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, settings
 
 from admin_support import TOKEN, admin_config, write_dataset
 from conftest import make_model_dir
-from webapp import create_app, jobs
-from webapp.api import warm_up
+from webapp import create_app
+from webapp.lifecycle import jobs
+from webapp.predict.serving import warm_up
 
 EXAMPLES_PER_OPERATION = 60
 # Photos are binary parts: no JSON schema can say "a decodable image", so schema-valid bytes that are
@@ -40,7 +41,7 @@ def fuzzed_app(tmp_path_factory):
 def sleeping_job_process(monkeypatch):
     started = []
 
-    def spawn(app, job_id, params):
+    def spawn(site, job_id, params):
         started.append(subprocess.Popen(["sleep", "300"]))
         return started[-1]
     monkeypatch.setattr(jobs, "_spawn", spawn)

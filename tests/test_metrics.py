@@ -127,8 +127,10 @@ def test_active_version_and_job_states_follow_a_training_job(tmp_path, tiny_mode
 def test_a_scrape_counts_jobs_without_changing_them(tmp_path, tiny_model_dir):
     """/metrics only reads: a running job whose runner is gone is counted as the database holds it
     (the next reader of the jobs API marks it failed), and nothing is signalled."""
-    from webapp import create_app, jobs
-    from webapp.db import database
+    from webapp import create_app
+    from webapp.lifecycle import jobs
+    from webapp.lifecycle.db import database
+    from webapp.lifecycle.site import Site
     app = create_app(admin_config(tmp_path, tiny_model_dir, tmp_path))
     with database(app.instance_path) as conn:
         conn.execute("INSERT INTO jobs (status, params, spec, created, runner_pid, runner_start) "
@@ -136,8 +138,8 @@ def test_a_scrape_counts_jobs_without_changing_them(tmp_path, tiny_model_dir):
     client = app.test_client()
     for _ in range(2):
         assert value(scrape(client), "webapp_training_jobs", state="running") == 1
-    assert jobs.count_by_status(app) == {"running": 1}
-    assert [job["status"] for job in jobs.list_jobs(app)] == ["failed"]  # a reader reconciles
+    assert jobs.count_by_status(Site.of(app)) == {"running": 1}
+    assert [job["status"] for job in jobs.list_jobs(Site.of(app))] == ["failed"]  # a reader reconciles
     assert value(scrape(client), "webapp_training_jobs", state="failed") == 1
 
 

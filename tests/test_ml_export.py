@@ -13,13 +13,13 @@ from PIL import Image
 
 from conftest import make_model_dir
 from examples import onnx_client
-from webapp.exports import SUFFIXES
 from ml.export.cli import PARITY_MIN, main
 from ml.export.formats import FORMATS, card_path, export_model, load_torchscript, onnx_session
 from ml.data.files import write_json_atomic
 from ml.nets.modelfile import CARD_FILE, novelty_file, read_card
 from ml.nets.novelty import normalise
 from ml.predict.predictor import Predictor
+from webapp.admin.exports import SUFFIXES
 
 TEMPERATURE = 1.7
 ENERGY_T = 3.0  # the novelty score's own temperature, as the card states it

@@ -15,9 +15,11 @@ from admin_support import LONG_JOB, admin_config, auth_headers, wait_for, write_
 from conftest import image_bytes
 from ml.train.presets import PRESETS
 from openapi_support import OPENAPI, SPEC, conforms
-from webapp import create_app, jobs
-from webapp.api import warm_up
-from webapp.errors import JSON_PATHS, JSON_PREFIXES
+from webapp import create_app
+from webapp.core.errors import JSON_PATHS, JSON_PREFIXES
+from webapp.lifecycle import jobs
+from webapp.lifecycle.site import Site
+from webapp.predict.serving import warm_up
 
 HTTP_METHODS = {"GET", "POST", "PUT", "DELETE", "PATCH"}
 
@@ -42,10 +44,10 @@ def json_routes(app) -> set:
 def app(tmp_path, tiny_model_dir):
     app = create_app(admin_config(tmp_path, tiny_model_dir, write_dataset(tmp_path / "data", 12, 4)))
     yield app
-    if jobs.active_job(app):  # leave no training process behind
-        with app.app_context():
-            jobs.cancel(jobs.active_job(app)["id"])
-        wait_for(lambda: jobs.active_job(app) is None, 60, what="the job to stop")
+    site = Site.of(app)
+    if jobs.active_job(site):  # leave no training process behind
+        jobs.cancel(site, jobs.active_job(site)["id"])
+        wait_for(lambda: jobs.active_job(site) is None, 60, what="the job to stop")
 
 
 class Checked:

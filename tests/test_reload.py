@@ -14,7 +14,7 @@ from conftest import SHIPPED_MODEL
 from scripts.bench_reload import (photo_file, make_photos, ready_markers, run_kill, run_sequence,
                                   started_server, wait_until)
 from scripts.serve_tools import multipart, request
-from webapp import graceful
+from webapp.core import graceful
 
 PHASE_S = 5
 CLIENTS = 16

@@ -1,8 +1,9 @@
 """The factory's one settings table: defaults, then <instance>/config.py, then the environment
 (converted by the table's type), then test_config; and the wiring done in create_app."""
 
-from webapp import SETTINGS, create_app
-from webapp.request_photos import InMemoryRequest
+from webapp import create_app
+from webapp.predict.request_photos import InMemoryRequest
+from webapp.settings import SETTINGS
 
 
 def make_app(tmp_path, **test_config):

@@ -46,7 +46,7 @@ def assert_prediction(prediction, classes):
 
 @pytest.fixture
 def predictor(app):
-    from webapp.serving import current_predictor
+    from webapp.predict.serving import current_predictor
     with app.app_context():
         return current_predictor()
 
@@ -391,7 +391,7 @@ def test_health_and_readiness(app, client, predictor):
     app.extensions.pop("model_ready", None)
     assert conforms(client.get("/readyz")).status_code == 503
     assert conforms(client.get("/ping")).status_code == 503
-    from webapp.api import warm_up
+    from webapp.predict.serving import warm_up
     warm_up(app)
     ready = conforms(client.get("/readyz"))
     assert ready.status_code == 200
@@ -400,8 +400,8 @@ def test_health_and_readiness(app, client, predictor):
 
 
 def test_readiness_turns_503_once_the_server_drains(app, client, predictor, monkeypatch):
-    from webapp import graceful
-    from webapp.api import warm_up
+    from webapp.core import graceful
+    from webapp.predict.serving import warm_up
     warm_up(app)
     monkeypatch.setattr(graceful, "_DRAIN_FLAG", bytearray(1))  # this test's own flag, not the process's
     assert client.get("/readyz").status_code == 200

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import image_bytes
 from ml.predict.explain import MAX_ALPHA
 from openapi_support import conforms
-from webapp import api
+from webapp.predict import api
 from web_samples import encode, noise_image
 
 URL = "/api/v1/explain"

@@ -168,7 +168,7 @@ def test_unknown_page_and_wrong_method_are_html(client):
 
 
 def test_unexpected_failure_is_a_plain_500_page(client, app, monkeypatch):
-    from webapp.serving import current_predictor
+    from webapp.predict.serving import current_predictor
     with app.app_context():
         predictor = current_predictor()
 

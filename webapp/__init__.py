@@ -1,93 +1,29 @@
-"""Flask application factory: `create_app(test_config=None)`.
+"""The web app: `create_app(test_config=None)` builds it from the settings (webapp/settings.py),
+every shared piece's `init_app` and one blueprint package per feature.
 
-Settings: the SETTINGS table's defaults, then `<instance>/config.py`, then environment variables,
-then `test_config`. Runtime state (secret key, model store, database, logs) lives in the instance
-folder, which `instance_path()` names for the app and for gunicorn's master alike.
+Layers, each importing only those below it: `ml` <- `settings` <- `lifecycle` (no Flask: the
+database, jobs, the model store and its gate, the feedback store; the job runner uses it too) <-
+`core` (errors, security, metrics, rate limits, credentials, formatting, URL parameters, the
+gunicorn worker) <- the feature packages `predict`, `feedback`, `dashboard`, `admin` <- this file.
 """
 
 import os
-import secrets
-from pathlib import Path
 
-from flask import Flask
+from webapp.settings import PROJECT_ROOT, instance_path, load_settings
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def flag(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes")
-
-
-# name, default, type of its environment variable
-SETTINGS = (
-    ("SECRET_KEY", None, str),             # unset: a random key kept in the instance folder
-    ("MODEL_DIR", str(PROJECT_ROOT / "models" / "default"), str),  # the shipped model
-    ("MAX_UPLOAD_MB", 10, float),          # request body limit
-    ("MAX_FILES", 16, int),                # images per request
-    ("MAX_PIXELS", 40_000_000, int),       # per image, checked from the header before decoding
-    ("NOVELTY_THRESHOLD", None, float),    # "none of these" above this novelty; unset: the model card's
-    ("TORCH_THREADS", 1, int),             # per gunicorn worker
-    ("SESSION_COOKIE_SECURE", False, flag),  # set true behind HTTPS
-    ("ADMIN_PASSWORD", None, str),         # unset: generated at first start, printed once, only its hash kept
-    ("ADMIN_TOKEN", None, str),            # bearer token of /api/v1/admin; same rule
-    ("LOGIN_MAX_FAILURES", 5, int),        # failed admin logins per client within LOGIN_WINDOW_S
-    ("LOGIN_WINDOW_S", 300, float),
-    ("PROMOTION_MARGIN", 0.0, float),      # a new version goes live if its accuracy >= active's - margin
-    ("FEEDBACK_MARGIN", 0.0, float),       # ... and its accuracy on users' photos >= active's - this
-    ("UNRECOGNISED_MARGIN", 0.0, float),   # ... and its not-recognised rate on them <= active's + this
-    ("FEEDBACK_MAX_SENDS", 30, int),       # feedback photos per client within FEEDBACK_WINDOW_S
-    ("FEEDBACK_WINDOW_S", 3600, float),
-    ("TRAIN_DATA", str(PROJECT_ROOT / "data"), str),  # the "default" data source of retraining jobs
-    ("TRAIN_NPROC", 1, int),               # >1: jobs run under torchrun with this many processes
-    ("TRAIN_THREADS", None, int),          # torch threads of a training job (unset: all cores)
-    ("TRAIN_SUITE", True, flag),           # a job ends by measuring the robustness suite (minutes on a CPU)
-    # micro-batching: wait up to this for this worker's requests still being received or decoded
-    # (never for requests not yet sent); 0: off. 30, not 5: 7 requests' reading and decoding on a
-    # worker's one core take ~30 ms, and a shorter window closed batches early (docs/performance.md)
-    ("BATCH_WINDOW_MS", 30, float),
-    ("BATCH_MAX_IMAGES", 32, int),         # images per forward pass, at most
-    ("EXPLAIN_STEPS", 16, int),            # integration steps of /api/v1/explain (time grows with them)
-)
-
-
-def instance_path(test_config=None) -> str:
-    """The instance folder: test_config's or the environment's INSTANCE_PATH, else ./instance."""
-    configured = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("INSTANCE_PATH")
-    return os.path.abspath(configured or PROJECT_ROOT / "instance")
-
-
-def load_settings(app, test_config):
-    app.config.from_mapping({name: default for name, default, _ in SETTINGS})
-    app.config.from_pyfile("config.py", silent=True)
-    app.config.from_mapping({name: convert(os.environ[name]) for name, _, convert in SETTINGS
-                             if os.environ.get(name)})
-    app.config.from_mapping(test_config or {})
-    app.config["MAX_CONTENT_LENGTH"] = int(float(app.config["MAX_UPLOAD_MB"]) * 1024 * 1024)
-    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
-    if not app.config.get("SECRET_KEY"):
-        app.config["SECRET_KEY"] = instance_secret(app, "secret_key")
-
-
-def instance_secret(app, name: str) -> str:
-    """A random secret kept in the instance folder (created once, mode 0600), never in the repo."""
-    path = Path(app.instance_path) / name
-    if not path.exists():
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-        except FileExistsError:
-            pass  # another worker created it first
-    return path.read_text().strip()
+__all__ = ["create_app", "instance_path"]
 
 
 def create_app(test_config=None):
     # Imported here, not at the top: gunicorn's master imports this package for instance_path(),
-    # and torch and prometheus_client must first be imported in the workers, after fork.
+    # and torch and prometheus_client must first be imported in the workers, after fork; the job
+    # runner imports webapp.lifecycle, which must not bring in Flask.
+    from flask import Flask
     from flask_wtf.csrf import CSRFProtect
 
-    from webapp import (admin, admin_api, admin_feedback, api, auth, batching, dashboard, errors, feedback_page,
-                        formatting, metrics, params, request_photos, security, upload)
+    from webapp import admin, dashboard, feedback, predict
+    from webapp.core import auth, errors, formatting, metrics, params, scrape, security
+    from webapp.predict import batching, request_photos
 
     app = Flask(__name__, instance_path=instance_path(test_config), instance_relative_config=True,
                 template_folder=str(PROJECT_ROOT / "templates"), static_folder=str(PROJECT_ROOT / "static"))
@@ -97,15 +33,17 @@ def create_app(test_config=None):
 
     params.init_app(app)  # before the blueprints: their rules use its converter
     csrf = CSRFProtect(app)  # every HTML form POST needs a token; JSON APIs are exempt below
-    for blueprint in (upload.bp, feedback_page.bp, dashboard.bp, admin.bp, admin_feedback.bp):
-        app.register_blueprint(blueprint)
-    for blueprint in (api.bp, admin_api.bp):  # authorised by bearer token or stateless, not cookies
-        csrf.exempt(blueprint)
-        app.register_blueprint(blueprint)
+    for package in (predict, feedback, dashboard, admin):
+        for blueprint in package.PAGES:
+            app.register_blueprint(blueprint)
+        for blueprint in package.APIS:  # authorised by bearer token or stateless, not cookies
+            csrf.exempt(blueprint)
+            app.register_blueprint(blueprint)
     errors.init_app(app)
     security.init_app(app)
     auth.init_app(app)
     metrics.init_app(app)
+    scrape.init_app(app)
     batching.init_app(app)
     formatting.init_app(app)
     return app

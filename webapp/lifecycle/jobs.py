@@ -1,0 +1,329 @@
+"""Training jobs: start, cancel and observe them; their state lives in the admin database.
+
+A job runs as its own process group, never in a web worker: `start()` inserts the job row under
+a write transaction that refuses a second queued/running job (a cross-process guarantee), then
+spawns `python -m webapp.lifecycle.jobrunner <db> <id>` in a new session. The runner starts the trainer
+(`python -m ml.train`, or torchrun) and copies its JSON records and log lines into the database.
+Every reader but the /metrics count first reconciles: a queued/running job whose runner process
+is gone is marked failed with the last lines of its log, so no job stays `running` forever.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ml.train.presets import PRESETS as TRAINING_PRESETS
+from webapp.lifecycle import feedback, versions
+from webapp.lifecycle.db import ACTIVE, db_path_for, write_transaction
+from webapp.lifecycle.errors import LifecycleError
+from webapp.lifecycle.procs import log_file_tail, process_alive, process_start, signal_group
+from webapp.settings import PROJECT_ROOT
+
+QUEUED_TIMEOUT_S = 30      # a queued job whose runner never registered is given up after this
+LOG_TAIL_LINES = 40
+PRESETS = tuple(TRAINING_PRESETS)
+# field -> (type, minimum, maximum)
+NUMERIC_FIELDS = {"epochs": (int, 1, 500), "lr": (float, 1e-6, 100.0), "batch_size": (int, 1, 8192),
+                  "seed": (int, 0, 2**31 - 1), "limit": (int, 10, 10_000_000)}
+OTHER_FIELDS = {"preset", "data", "resume", "include_feedback", "init_from"}
+TRUE, FALSE = (True, "on"), (None, False)  # JSON booleans, and the HTML form's checkbox ("on" or absent)
+
+
+def preset_summaries() -> dict:
+    """preset -> one line for the job form, read from ml.train's presets so it cannot go stale."""
+    def summary(c):
+        widths = " " + "/".join(map(str, c["widths"])) if c["widths"] else ""
+        return f"{c['arch']}{widths}, {c['epochs']} epochs, batch {c['batch_size']}, {c['optimizer']}"
+    return {name: summary(config) for name, config in TRAINING_PRESETS.items()}
+
+
+class JobError(LifecycleError):
+    """A refused request: bad parameters (bad_request), no such job (not_found), a conflict
+    (job_running, not_resumable, not_running) or a job process that could not start (spawn_failed)."""
+
+
+# ---- settings ----
+
+def jobs_root(site) -> Path:
+    return site.instance / "jobs"
+
+
+def data_sources(site) -> dict:
+    """name -> folder: "default" is TRAIN_DATA; every folder in <instance>/datasets is one more."""
+    sources = {"default": Path(site.settings["TRAIN_DATA"])}
+    extra = site.instance / "datasets"
+    if extra.is_dir():
+        sources.update({p.name: p for p in sorted(extra.iterdir()) if p.is_dir() and p.name != "default"})
+    return sources
+
+
+def _number(name, value):
+    kind, low, high = NUMERIC_FIELDS[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise JobError(f"{name} must be a number")
+    try:
+        number = float(value)
+        if kind is int:
+            if not number.is_integer():
+                raise ValueError
+            number = int(number)
+    except ValueError:
+        raise JobError(f"{name} must be {'a whole number' if kind is int else 'a number'}, not {value!r}") from None
+    if not low <= number <= high:
+        raise JobError(f"{name} must be between {low} and {high}")
+    return number
+
+
+def validate_params(site, data) -> dict:
+    """The admin's request -> clean parameters; raises JobError (400) naming the bad field."""
+    if not isinstance(data, dict):
+        raise JobError("the request body must be a JSON object")
+    unknown = set(data) - set(NUMERIC_FIELDS) - OTHER_FIELDS
+    if unknown:
+        raise JobError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    # absent or null: the default; anything else must be right (an empty or wrongly typed value too)
+    params = {"preset": _or_default(data, "preset", "fast"), "data": _or_default(data, "data", "default")}
+    if not isinstance(params["preset"], str) or params["preset"] not in PRESETS:
+        raise JobError(f"preset must be one of {', '.join(PRESETS)}")
+    sources = data_sources(site)
+    if not isinstance(params["data"], str) or params["data"] not in sources:
+        raise JobError(f"data must be one of {', '.join(sources)}")
+    if not sources[params["data"]].is_dir():
+        raise JobError(f"data source {params['data']} ({sources[params['data']]}) does not exist")
+    for name in NUMERIC_FIELDS:
+        if data.get(name) is not None:
+            params[name] = _number(name, data[name])
+    params["include_feedback"] = _flag("include_feedback", data.get("include_feedback"))
+    if data.get("init_from") is not None:
+        params["init_from"] = _version(site, data["init_from"])
+    return params
+
+
+def _or_default(data: dict, name: str, default):
+    return default if data.get(name) is None else data[name]
+
+
+def _flag(name, value) -> bool:
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise JobError(f"{name} must be true or false")
+
+
+def _version(site, version_id) -> str:
+    """A stored version id (or "shipped") whose weights a fine-tuning job starts from."""
+    try:
+        versions.store(site).path(version_id if isinstance(version_id, str) else "")
+    except versions.VersionError:
+        raise JobError(f"init_from must be a version id (GET /api/v1/admin/versions), not {version_id!r}") from None
+    return version_id
+
+
+def _resume_params(site, conn, data) -> dict:
+    """A resumed job repeats a cancelled job's parameters from its checkpoint."""
+    resume_id = data["resume"]
+    if isinstance(resume_id, bool) or not isinstance(resume_id, (int, str)) or not str(resume_id).isdigit():
+        raise JobError("resume must be a job id")
+    resume_id = int(resume_id)
+    row = conn.execute("SELECT status, params FROM jobs WHERE id = ?", (resume_id,)).fetchone()
+    checkpoint = jobs_root(site) / str(resume_id) / "resume.pt"
+    if row is None or row["status"] != "cancelled" or not checkpoint.is_file():
+        raise JobError(f"job {resume_id} has no resume checkpoint (only cancelled jobs do)", "not_resumable")
+    return dict(json.loads(row["params"]), resume=resume_id)
+
+
+def build_command(site, params, job_dir, extra_data=None) -> list:
+    """The trainer's command line; `extra_data`: the folder of reviewed user photos to add."""
+    settings = site.settings
+    nproc = int(settings["TRAIN_NPROC"])
+    command = [sys.executable, "-m", "ml.train"] if nproc <= 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "-m", "ml.train"]
+    command += ["--preset", params["preset"], "--data", str(data_sources(site)[params["data"]]),
+                "--out", str(job_dir / "model"), "--events", str(job_dir / "events.jsonl"),
+                "--checkpoint", str(job_dir / "resume.pt")]
+    for name in NUMERIC_FIELDS:
+        if name in params:
+            command += ["--" + name.replace("_", "-"), str(params[name])]
+    if settings.get("TRAIN_THREADS"):
+        command += ["--threads", str(int(settings["TRAIN_THREADS"]))]
+    if not settings["TRAIN_SUITE"]:
+        command.append("--no-suite")
+    if params.get("init_from"):
+        command += ["--init-from", str(versions.store(site).path(params["init_from"]))]
+    if extra_data:
+        command += ["--extra-data", str(extra_data)]
+    return command + (["--resume"] if params.get("resume") else [])
+
+
+# ---- reading ----
+
+def _iso(timestamp):
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+def job_dict(conn, row, since=0, details=True) -> dict:
+    end = row["finished"] or (time.time() if row["status"] in ACTIVE else None)
+    job = {key: row[key] for key in ("id", "status", "epoch", "epochs", "step", "steps_per_epoch",
+                                     "global_step", "total_steps", "progress", "elapsed_s", "eta_s",
+                                     "version", "error", "runner_pid")}
+    job.update(params=json.loads(row["params"]), result=json.loads(row["result"] or "null"),
+               pid=row["pid"] if row["status"] == "running" else None,
+               cancel_requested=bool(row["cancel_requested"]),
+               created=_iso(row["created"]), started=_iso(row["started"]), finished=_iso(row["finished"]),
+               duration_s=round(end - row["started"], 1) if row["started"] and end else None)
+    if details:
+        metrics = conn.execute("SELECT seq, record FROM metrics WHERE job_id = ? AND seq > ? ORDER BY seq",
+                               (row["id"], since)).fetchall()
+        job["metrics"] = [dict(json.loads(m["record"]), seq=m["seq"]) for m in metrics]
+        job["next_since"] = metrics[-1]["seq"] if metrics else since
+        lines = conn.execute("SELECT line FROM log_lines WHERE job_id = ? ORDER BY seq DESC LIMIT ?",
+                             (row["id"], LOG_TAIL_LINES)).fetchall()
+        job["log_tail"] = [r["line"] for r in reversed(lines)]
+    return job
+
+
+def _fail_dead(conn, row, message):
+    tail = log_file_tail(json.loads(row["spec"]).get("job_dir", "/nonexistent"), lines=10)
+    error = message + ("\n" + "\n".join(tail) if tail else "")
+    conn.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ? AND status IN "
+                 "('queued', 'running')", (time.time(), error, row["id"]))
+    if row["pid"] and process_alive(row["pid"]):
+        signal_group(row["pid"], signal.SIGKILL)  # an orphaned trainer nobody records any more
+
+
+def reconcile(conn):
+    """Mark failed every queued/running job whose runner process is gone."""
+    now = time.time()
+    for row in conn.execute("SELECT * FROM jobs WHERE status IN ('queued', 'running')").fetchall():
+        if row["runner_pid"] is None:
+            if now - row["created"] > QUEUED_TIMEOUT_S:
+                _fail_dead(conn, row, "the job process never started")
+        elif not process_alive(row["runner_pid"], row["runner_start"]):
+            _fail_dead(conn, row, f"the job process (pid {row['runner_pid']}) ended without reporting: "
+                                  "killed, out of memory, or the machine restarted")
+
+
+def _job_row(conn, job_id):
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise JobError(f"no job {job_id}", "not_found")
+    return row
+
+
+def get(site, job_id, since=0) -> dict:
+    with site.database() as conn:
+        reconcile(conn)
+        return job_dict(conn, _job_row(conn, job_id), since)
+
+
+def list_jobs(site) -> list:
+    with site.database() as conn:
+        reconcile(conn)
+        rows = conn.execute("SELECT * FROM jobs ORDER BY id DESC").fetchall()
+        return [job_dict(conn, row, details=False) for row in rows]
+
+
+def count_by_status(site) -> dict:
+    """status -> number of jobs, as the database holds them: a read that changes nothing (for
+    /metrics, which must never mark jobs failed or signal processes)."""
+    with site.database() as conn:
+        return dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+
+
+def active_job(site):
+    """The queued or running job, or None."""
+    jobs = [j for j in list_jobs(site) if j["status"] in ACTIVE]
+    return jobs[0] if jobs else None
+
+
+# ---- changing ----
+
+def _insert(site, conn, data) -> int:
+    """Insert a queued job; refuses when one is queued or running. Runs under BEGIN IMMEDIATE, so
+    concurrent starts from any number of processes are serialised by SQLite's write lock."""
+    resuming = isinstance(data, dict) and data.get("resume") is not None
+    params = None if resuming else validate_params(site, data)  # 400 before 409
+    with write_transaction(conn):
+        busy = conn.execute("SELECT id, status FROM jobs WHERE status IN ('queued', 'running')").fetchone()
+        if busy:
+            raise JobError(f"job {busy['id']} is {busy['status']}: wait for it or cancel it first",
+                           "job_running")
+        params = params or _resume_params(site, conn, data)
+        job_id = conn.execute("INSERT INTO jobs (status, params, spec, created) VALUES ('queued', ?, '{}', ?)",
+                              (json.dumps(params), time.time())).lastrowid
+        job_dir = jobs_root(site) / str(job_id)
+        user_photos = _user_photos(site, conn, params, job_dir)
+        settings = site.settings
+        spec = {"command": build_command(site, params, job_dir, user_photos["train_dir"]), "job_dir": str(job_dir),
+                "store": str(versions.store(site).root), "shipped": str(settings["MODEL_DIR"]),
+                "margin": float(settings["PROMOTION_MARGIN"]), "cwd": str(PROJECT_ROOT),
+                "feedback": dict(user_photos, accuracy_margin=float(settings["FEEDBACK_MARGIN"]),
+                                 unrecognised_margin=float(settings["UNRECOGNISED_MARGIN"]))}
+        conn.execute("UPDATE jobs SET spec = ? WHERE id = ?", (json.dumps(spec), job_id))
+    return job_id, params
+
+
+def _user_photos(site, conn, params, job_dir) -> dict:
+    """The job's own copy of reviewed feedback (webapp.lifecycle.feedback.snapshot), taken when it is queued so
+    later reviews do not change it; a resumed job keeps its first run's."""
+    if params.get("resume"):
+        spec = json.loads(conn.execute("SELECT spec FROM jobs WHERE id = ?", (params["resume"],)).fetchone()["spec"])
+        return spec.get("feedback") or {"trained_on": 0, "train_dir": None, "eval_items": []}
+    return feedback.snapshot(site, job_dir, params["include_feedback"])
+
+
+def _spawn(site, job_id, params) -> subprocess.Popen:
+    """Start `python -m webapp.lifecycle.jobrunner` for the job in a new session (its own process group)."""
+    job_dir = jobs_root(site) / str(job_id)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    if params.get("resume"):  # the checkpoint moves on: a job is resumed once
+        os.replace(jobs_root(site) / str(params["resume"]) / "resume.pt", job_dir / "resume.pt")
+    with open(job_dir / "runner.log", "ab") as log:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "webapp.lifecycle.jobrunner", str(db_path_for(site.instance)), str(job_id)],
+            cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    threading.Thread(target=runner.wait, daemon=True).start()  # reap it when it exits
+    return runner
+
+
+def start(site, data) -> dict:
+    """Queue a training job and spawn its process; raises JobError (bad input, or one is busy)."""
+    if not isinstance(data, dict):
+        raise JobError("the request body must be a JSON object")
+    with site.database() as conn:
+        reconcile(conn)
+        job_id, params = _insert(site, conn, data)
+        try:
+            runner = _spawn(site, job_id, params)
+        except OSError as error:
+            conn.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ?",
+                         (time.time(), f"could not start the job process: {error}", job_id))
+            raise JobError(f"could not start the job process: {error}", "spawn_failed") from error
+        info = process_start(runner.pid)
+        conn.execute("UPDATE jobs SET runner_pid = ?, runner_start = ? WHERE id = ? AND runner_pid IS NULL",
+                     (runner.pid, info[1] if info else None, job_id))
+        return job_dict(conn, _job_row(conn, job_id))
+
+
+def cancel(site, job_id) -> dict:
+    """Ask a queued or running job to stop: SIGTERM to the trainer's process group (the trainer
+    writes a resume checkpoint and exits 3); the runner then records `cancelled`."""
+    with site.database() as conn:
+        reconcile(conn)
+        row = _job_row(conn, job_id)
+        if row["status"] not in ACTIVE:
+            raise JobError(f"job {job_id} is already {row['status']}", "not_running")
+        conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        if row["pid"]:
+            signal_group(row["pid"], signal.SIGTERM)
+        return job_dict(conn, _job_row(conn, job_id))

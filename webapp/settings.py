@@ -1,0 +1,81 @@
+"""The settings table, and where the instance folder is: read by the app factory, by gunicorn's
+master (which must not import Flask's app or torch) and by the lifecycle alike. Imports nothing of
+webapp and no Flask.
+
+Settings: the SETTINGS table's defaults, then `<instance>/config.py`, then environment variables,
+then `test_config`. Runtime state (secret key, model store, database, logs) lives in the instance
+folder, which `instance_path()` names for the app and for gunicorn's master alike.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes")
+
+
+# name, default, type of its environment variable
+SETTINGS = (
+    ("SECRET_KEY", None, str),             # unset: a random key kept in the instance folder
+    ("MODEL_DIR", str(PROJECT_ROOT / "models" / "default"), str),  # the shipped model
+    ("MAX_UPLOAD_MB", 10, float),          # request body limit
+    ("MAX_FILES", 16, int),                # images per request
+    ("MAX_PIXELS", 40_000_000, int),       # per image, checked from the header before decoding
+    ("NOVELTY_THRESHOLD", None, float),    # "none of these" above this novelty; unset: the model card's
+    ("TORCH_THREADS", 1, int),             # per gunicorn worker
+    ("SESSION_COOKIE_SECURE", False, flag),  # set true behind HTTPS
+    ("ADMIN_PASSWORD", None, str),         # unset: generated at first start, printed once, only its hash kept
+    ("ADMIN_TOKEN", None, str),            # bearer token of /api/v1/admin; same rule
+    ("LOGIN_MAX_FAILURES", 5, int),        # failed admin logins per client within LOGIN_WINDOW_S
+    ("LOGIN_WINDOW_S", 300, float),
+    ("PROMOTION_MARGIN", 0.0, float),      # a new version goes live if its accuracy >= active's - margin
+    ("FEEDBACK_MARGIN", 0.0, float),       # ... and its accuracy on users' photos >= active's - this
+    ("UNRECOGNISED_MARGIN", 0.0, float),   # ... and its not-recognised rate on them <= active's + this
+    ("FEEDBACK_MAX_SENDS", 30, int),       # feedback photos per client within FEEDBACK_WINDOW_S
+    ("FEEDBACK_WINDOW_S", 3600, float),
+    ("TRAIN_DATA", str(PROJECT_ROOT / "data"), str),  # the "default" data source of retraining jobs
+    ("TRAIN_NPROC", 1, int),               # >1: jobs run under torchrun with this many processes
+    ("TRAIN_THREADS", None, int),          # torch threads of a training job (unset: all cores)
+    ("TRAIN_SUITE", True, flag),           # a job ends by measuring the robustness suite (minutes on a CPU)
+    # micro-batching: wait up to this for this worker's requests still being received or decoded
+    # (never for requests not yet sent); 0: off. 30, not 5: 7 requests' reading and decoding on a
+    # worker's one core take ~30 ms, and a shorter window closed batches early (docs/performance.md)
+    ("BATCH_WINDOW_MS", 30, float),
+    ("BATCH_MAX_IMAGES", 32, int),         # images per forward pass, at most
+    ("EXPLAIN_STEPS", 16, int),            # integration steps of /api/v1/explain (time grows with them)
+)
+
+
+def instance_path(test_config=None) -> str:
+    """The instance folder: test_config's or the environment's INSTANCE_PATH, else ./instance."""
+    configured = (test_config or {}).get("INSTANCE_PATH") or os.environ.get("INSTANCE_PATH")
+    return os.path.abspath(configured or PROJECT_ROOT / "instance")
+
+
+def load_settings(app, test_config):
+    app.config.from_mapping({name: default for name, default, _ in SETTINGS})
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_mapping({name: convert(os.environ[name]) for name, _, convert in SETTINGS
+                             if os.environ.get(name)})
+    app.config.from_mapping(test_config or {})
+    app.config["MAX_CONTENT_LENGTH"] = int(float(app.config["MAX_UPLOAD_MB"]) * 1024 * 1024)
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = instance_secret(app.instance_path, "secret_key")
+
+
+def instance_secret(instance, name: str) -> str:
+    """A random secret kept in the instance folder (created once, mode 0600), never in the repo."""
+    path = Path(instance) / name
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        except FileExistsError:
+            pass  # another worker created it first
+    return path.read_text().strip()
