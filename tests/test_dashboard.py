@@ -423,7 +423,7 @@ def test_version_menu_lists_versions_and_chooses_one(two_versions):
 
 def test_heat_map_has_a_cell_per_count():
     matrix = [[r * 10 + c for c in range(10)] for r in range(10)]
-    chart = charts.heat_map(matrix, CLASSES, CLASSES, chart_id="h", title="T")
+    chart = charts.heat_map(matrix, CLASSES, CLASSES, charts.Chart("h", "T"))
     assert chart.count("<rect") == 100
     numbers = re.findall(r"<rect[^>]*/><text[^>]*>(\d+)</text>", chart)
     assert [int(n) for n in numbers] == list(range(100))
@@ -432,7 +432,7 @@ def test_heat_map_has_a_cell_per_count():
 
 def test_line_chart_draws_one_polyline_per_series_and_escapes_labels():
     chart = charts.line_chart([1, 2, 3], [("a <b>", [0.1, 0.2, 0.3]), ("c&d", [0.3, None, float("nan")])],
-                              chart_id="l", title='x"<y>', x_label="Epoch", y_label="Loss")
+                              charts.Chart("l", 'x"<y>', x_label="Epoch", y_label="Loss"))
     assert chart.count("<polyline") == 2 and chart.count("<circle") == 4  # missing values are skipped
     assert "a &lt;b&gt;" in chart and "c&amp;d" in chart and "<b>" not in chart
     assert "x&#34;&lt;y&gt;" in chart
@@ -440,15 +440,15 @@ def test_line_chart_draws_one_polyline_per_series_and_escapes_labels():
 
 
 def test_line_chart_with_one_epoch_or_fixed_range():
-    chart = charts.line_chart([1], [("acc", [0.5])], chart_id="one", title="t", x_label="Epoch",
-                              y_label="Accuracy", y_range=(0, 1), y_format="{:.0%}")
+    chart = charts.line_chart([1], [("acc", [0.5])], charts.Chart("one", "t", x_label="Epoch", y_label="Accuracy"),
+                              y_range=(0, 1), y_format="{:.0%}")
     assert chart.count("<circle") == 1 and ">100%<" in chart and ">0%<" in chart
     assert_well_formed(chart)
 
 
 def test_bar_chart_bars_and_values():
-    chart = charts.bar_chart(["x<y", "z"], [("train", [10, 20]), ("val", [1, 2])], chart_id="b", title="t",
-                             value_label="Images")
+    chart = charts.bar_chart(["x<y", "z"], [("train", [10, 20]), ("val", [1, 2])],
+                             charts.Chart("b", "t", x_label="Images"))
     assert chart.count('class="bar"') == 4 and "x&lt;y" in chart
     widths = [float(w) for w in re.findall(r'<rect x="100" y="[^"]+" width="([^"]+)"', chart)]
     assert widths[2] == pytest.approx(2 * widths[0])  # 20 is twice 10 (bars go x-train, x-val, z-train...)
@@ -457,7 +457,7 @@ def test_bar_chart_bars_and_values():
 
 def test_reliability_diagram_skips_empty_bins():
     bins = full_card_parts()["evaluation"]["calibration_bins"]
-    chart = charts.reliability_diagram(bins, chart_id="r", title="t")
+    chart = charts.reliability_diagram(bins, charts.Chart("r", "t"))
     assert chart.count('<g class="bin">') == 4 and "stroke-dasharray" in chart
     assert chart.count('stroke="#d9480f" stroke-width="3"/></g>') == 4  # a mean-confidence line per bin
     assert "accuracy 74.0%, mean confidence 70.0%" in chart

@@ -1,4 +1,4 @@
-"""Security headers on every response (errors are answered by webapp.errors)."""
+"""Security headers on every response (errors are answered by webapp.core.errors)."""
 
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'self'",

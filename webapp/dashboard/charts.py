@@ -7,6 +7,8 @@ referenced by aria-labelledby; the dashboard also shows the same numbers as tabl
 """
 
 import math
+from collections import namedtuple
+from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
@@ -15,6 +17,17 @@ INK = "#1d2330"
 MUTED = "#5b6475"
 GRID = "#dde1e8"
 FONT = 'font-family="system-ui, sans-serif"'
+Plot = namedtuple("Plot", "left top width height")  # the plotting area inside a chart, in pixels
+
+
+@dataclass(frozen=True)
+class Chart:
+    """What names a chart: its element id, its title and its axes' titles (for a bar chart,
+    `x_label` names the values; a heat map's default to predicted and true class)."""
+    id: str
+    title: str
+    x_label: str = ""
+    y_label: str = ""
 
 
 def _f(value: float) -> str:
@@ -38,16 +51,18 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list:
     return [round(start + i * step, 10) for i in range(steps + 1)]
 
 
-def _svg(chart_id: str, width: float, height: float, title: str, desc: str, body: list) -> Markup:
-    cid = escape(chart_id)
+def _svg(chart: Chart, size: tuple, desc: str, body: list) -> Markup:
+    cid, (width, height) = escape(chart.id), size
     return Markup(
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" id="{cid}" viewBox="0 0 {_f(width)} {_f(height)}" '
         f'role="img" aria-labelledby="{cid}-title {cid}-desc" {FONT}>'
-        f'<title id="{cid}-title">{escape(title)}</title><desc id="{cid}-desc">{escape(desc)}</desc>'
+        f'<title id="{cid}-title">{escape(chart.title)}</title><desc id="{cid}-desc">{escape(desc)}</desc>'
         + "".join(body) + "</svg>")
 
 
-def _text(x, y, label, size=12, anchor="middle", fill=INK, extra="") -> str:
+def _text(at, label, size=12, anchor="middle", fill=INK, extra="") -> str:
+    """A label at `at` = (x, y)."""
+    x, y = at
     return (f'<text x="{_f(x)}" y="{_f(y)}" font-size="{size}" text-anchor="{anchor}" fill="{fill}"{extra}>'
             f"{escape(label)}</text>")
 
@@ -59,7 +74,7 @@ def _legend(x: float, y: float, entries: list) -> list:
         dash = ' stroke-dasharray="6 4"' if dashed else ""
         parts.append(f'<line x1="{_f(x)}" y1="{_f(y)}" x2="{_f(x + 24)}" y2="{_f(y)}" stroke="{colour}" '
                      f'stroke-width="3"{dash}/>')
-        parts.append(_text(x + 30, y + 4, label, anchor="start"))
+        parts.append(_text((x + 30, y + 4), label, anchor="start"))
         x += 42 + 7 * len(str(label))
     return parts
 
@@ -78,9 +93,9 @@ def heat_colour(fraction: float) -> str:
     return _mix("#4f7be8", "#0b1f5c", fraction * 2 - 1)
 
 
-def heat_map(matrix, row_labels, col_labels, *, chart_id, title,
-             x_label="Predicted class", y_label="True class", cell=40) -> Markup:
+def heat_map(matrix, row_labels, col_labels, chart: Chart, cell=40) -> Markup:
     """A confusion-matrix heat map: one <rect> and count per cell, shaded by the share of its row."""
+    x_label, y_label = chart.x_label or "Predicted class", chart.y_label or "True class"
     left, top, bottom = 96, 12, 96
     width, height = left + cell * len(col_labels) + 12, top + cell * len(row_labels) + bottom
     body = []
@@ -94,23 +109,22 @@ def heat_map(matrix, row_labels, col_labels, *, chart_id, title,
                 f'<g class="cell"><title>{escape(y_label)} {escape(row_label)}, {escape(x_label.lower())} '
                 f'{escape(col_label)}: {count} ({share:.1%} of the row)</title>'
                 f'<rect x="{_f(x)}" y="{_f(y)}" width="{cell}" height="{cell}" fill="{heat_colour(share)}"{edge}/>'
-                + _text(x + cell / 2, y + cell / 2 + 4, str(count), size=11, fill=ink) + "</g>")
-        body.append(_text(left - 6, top + r * cell + cell / 2 + 4, row_label, anchor="end"))
+                + _text((x + cell / 2, y + cell / 2 + 4), str(count), size=11, fill=ink) + "</g>")
+        body.append(_text((left - 6, top + r * cell + cell / 2 + 4), row_label, anchor="end"))
     base = top + cell * len(row_labels)
     for c, col_label in enumerate(col_labels):
         x = left + c * cell + cell / 2
-        body.append(_text(x, base + 10, col_label, anchor="end",
+        body.append(_text((x, base + 10), col_label, anchor="end",
                           extra=f' transform="rotate(-50 {_f(x)} {_f(base + 10)})"'))
-    body.append(_text(left + cell * len(col_labels) / 2, height - 6, x_label, size=13))
-    body.append(_text(14, top + cell * len(row_labels) / 2, y_label, size=13,
+    body.append(_text((left + cell * len(col_labels) / 2, height - 6), x_label, size=13))
+    body.append(_text((14, top + cell * len(row_labels) / 2), y_label, size=13,
                       extra=f' transform="rotate(-90 14 {_f(top + cell * len(row_labels) / 2)})"'))
     desc = (f"{len(row_labels)} by {len(col_labels)} grid of counts, rows are the {y_label.lower()}, "
             f"columns the {x_label.lower()}; darker cells hold a larger share of their row.")
-    return _svg(chart_id, width, height, title, desc, body)
+    return _svg(chart, (width, height), desc, body)
 
 
-def line_chart(x_values, series, *, chart_id, title, x_label, y_label,
-               y_range=None, y_format="{:.2f}") -> Markup:
+def line_chart(x_values, series, chart: Chart, y_range=None, y_format="{:.2f}") -> Markup:
     """One polyline per series. `series` is a list of (label, values aligned with x_values);
     values that are missing or not finite are left out. `y_range` fixes the axis (e.g. (0, 1))."""
     left, right, top, bottom, plot_w, plot_h = 56, 16, 36, 48, 480, 220
@@ -127,8 +141,9 @@ def line_chart(x_values, series, *, chart_id, title, x_label, y_label,
     def py(y):
         return top + plot_h - (y - y_lo) / y_span * plot_h
 
-    body = _axes(left, top, plot_w, plot_h, [(py(t), y_format.format(t)) for t in y_ticks if y_lo <= t <= y_hi],
-                 [(px(x), str(x)) for x in _thin(x_values)], x_label, y_label)
+    body = _axes(Plot(left, top, plot_w, plot_h),
+                 [(py(t), y_format.format(t)) for t in y_ticks if y_lo <= t <= y_hi],
+                 [(px(x), str(x)) for x in _thin(x_values)], chart)
     entries = []
     for i, (label, values) in enumerate(series):
         colour, dashed = PALETTE[i % len(PALETTE)], i % 2 == 1
@@ -138,12 +153,12 @@ def line_chart(x_values, series, *, chart_id, title, x_label, y_label,
                     f'points="{" ".join(f"{_f(px(x))},{_f(py(y))}" for x, y in points)}">'
                     f"<title>{escape(label)}</title></polyline>")
         body.extend(f'<circle cx="{_f(px(x))}" cy="{_f(py(y))}" r="3.5" fill="{colour}">'
-                    f"<title>{escape(label)}, {escape(x_label.lower())} {x}: {escape(y_format.format(y))}</title>"
+                    f"<title>{escape(label)}, {escape(chart.x_label.lower())} {x}: {escape(y_format.format(y))}</title>"
                     "</circle>" for x, y in points)
         entries.append((label, colour, dashed))
     body.extend(_legend(left, 16, entries))
-    desc = f"{y_label} against {x_label.lower()} for " + ", ".join(str(label) for label, _ in series) + "."
-    return _svg(chart_id, left + plot_w + right, top + plot_h + bottom, title, desc, body)
+    desc = f"{chart.y_label} against {chart.x_label.lower()} for " + ", ".join(str(label) for label, _ in series) + "."
+    return _svg(chart, (left + plot_w + right, top + plot_h + bottom), desc, body)
 
 
 def _thin(values, most=12):
@@ -152,26 +167,27 @@ def _thin(values, most=12):
     return values[::step]
 
 
-def _axes(left, top, plot_w, plot_h, y_ticks, x_ticks, x_label, y_label) -> list:
+def _axes(plot: Plot, y_ticks, x_ticks, chart: Chart) -> list:
     """Grid lines, tick labels and axis titles. Ticks are (pixel position, label)."""
+    left, top, plot_w, plot_h = plot
     base = top + plot_h
     parts = [f'<line x1="{_f(left)}" y1="{_f(y)}" x2="{_f(left + plot_w)}" y2="{_f(y)}" stroke="{GRID}"/>'
-             + _text(left - 6, y + 4, label, size=11, anchor="end", fill=MUTED) for y, label in y_ticks]
+             + _text((left - 6, y + 4), label, size=11, anchor="end", fill=MUTED) for y, label in y_ticks]
     parts += [f'<line x1="{_f(x)}" y1="{_f(base)}" x2="{_f(x)}" y2="{_f(base + 5)}" stroke="{MUTED}"/>'
-              + _text(x, base + 18, label, size=11, fill=MUTED) for x, label in x_ticks]
+              + _text((x, base + 18), label, size=11, fill=MUTED) for x, label in x_ticks]
     parts.append(f'<line x1="{_f(left)}" y1="{_f(base)}" x2="{_f(left + plot_w)}" y2="{_f(base)}" '
                  f'stroke="{MUTED}"/>')
     parts.append(f'<line x1="{_f(left)}" y1="{_f(top)}" x2="{_f(left)}" y2="{_f(base)}" stroke="{MUTED}"/>')
-    parts.append(_text(left + plot_w / 2, base + 38, x_label, size=13))
+    parts.append(_text((left + plot_w / 2, base + 38), chart.x_label, size=13))
     mid = top + plot_h / 2
-    parts.append(_text(14, mid, y_label, size=13, extra=f' transform="rotate(-90 14 {_f(mid)})"'))
+    parts.append(_text((14, mid), chart.y_label, size=13, extra=f' transform="rotate(-90 14 {_f(mid)})"'))
     return parts
 
 
-def bar_chart(categories, series, *, chart_id, title, value_label,
-              value_max=None, value_format="{:,.0f}") -> Markup:
+def bar_chart(categories, series, chart: Chart, value_max=None, value_format="{:,.0f}") -> Markup:
     """Horizontal grouped bars, one group per category (readable at phone width).
-    `series` is a list of (label, values aligned with categories)."""
+    `series` is a list of (label, values aligned with categories); `chart.x_label` names the values."""
+    value_label = chart.x_label
     left, right, top, plot_w, bar_h = 100, 56, 36, 400, 14
     group_h = bar_h * len(series) + 10
     plot_h = group_h * len(categories)
@@ -183,30 +199,30 @@ def bar_chart(categories, series, *, chart_id, title, value_label,
         return left + v / (top_value or 1) * plot_w
 
     body = [f'<line x1="{_f(px(t))}" y1="{top}" x2="{_f(px(t))}" y2="{_f(top + plot_h)}" stroke="{GRID}"/>'
-            + _text(px(t), top + plot_h + 16, value_format.format(t), size=11, fill=MUTED)
+            + _text((px(t), top + plot_h + 16), value_format.format(t), size=11, fill=MUTED)
             for t in ticks if t <= top_value]
     for g, category in enumerate(categories):
         y0 = top + g * group_h + 5
-        body.append(_text(left - 6, y0 + bar_h * len(series) / 2 + 4, category, anchor="end"))
+        body.append(_text((left - 6, y0 + bar_h * len(series) / 2 + 4), category, anchor="end"))
         for s, (label, vals) in enumerate(series):
             value = vals[g] if g < len(vals) and _finite([vals[g]]) else 0
             y, colour = y0 + s * bar_h, PALETTE[s % len(PALETTE)]
             body.append(f'<g class="bar"><title>{escape(category)}, {escape(label)}: '
                         f'{escape(value_format.format(value))}</title>'
                         f'<rect x="{left}" y="{_f(y)}" width="{_f(px(value) - left)}" height="{bar_h - 2}" '
-                        f'fill="{colour}"/>' + _text(px(value) + 4, y + bar_h - 4, value_format.format(value),
+                        f'fill="{colour}"/>' + _text((px(value) + 4, y + bar_h - 4), value_format.format(value),
                                                      size=10, anchor="start", fill=MUTED) + "</g>")
     body.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{_f(top + plot_h)}" stroke="{MUTED}"/>')
-    body.append(_text(left + plot_w / 2, top + plot_h + 36, value_label, size=13))
+    body.append(_text((left + plot_w / 2, top + plot_h + 36), value_label, size=13))
     if len(series) > 1:
         body.extend(_legend(left, 16, [(label, PALETTE[i % len(PALETTE)], False)
                                        for i, (label, _) in enumerate(series)]))
     desc = (f"{value_label} for each of {len(categories)} categories: "
             + ", ".join(str(label) for label, _ in series) + ".")
-    return _svg(chart_id, left + plot_w + right, top + plot_h + 46, title, desc, body)
+    return _svg(chart, (left + plot_w + right, top + plot_h + 46), desc, body)
 
 
-def reliability_diagram(bins, *, chart_id, title) -> Markup:
+def reliability_diagram(bins, chart: Chart) -> Markup:
     """Accuracy per confidence bin as bars, the bin's mean confidence as a line across it, and the
     diagonal of perfect calibration. `bins`: [{low, high, count, accuracy, confidence}]; empty
     bins (count 0) draw nothing."""
@@ -219,8 +235,8 @@ def reliability_diagram(bins, *, chart_id, title) -> Markup:
         return top + size - v * size
 
     ticks = [i / 5 for i in range(6)]
-    body = _axes(left, top, size, size, [(py(t), f"{t:.0%}") for t in ticks],
-                 [(px(t), f"{t:.0%}") for t in ticks], "Confidence", "Accuracy")
+    body = _axes(Plot(left, top, size, size), [(py(t), f"{t:.0%}") for t in ticks],
+                 [(px(t), f"{t:.0%}") for t in ticks], Chart(chart.id, chart.title, "Confidence", "Accuracy"))
     for b in bins:
         if not b.get("count") or len(_finite([b.get("accuracy"), b.get("confidence"),
                                                b.get("low"), b.get("high")])) < 4:
@@ -239,4 +255,4 @@ def reliability_diagram(bins, *, chart_id, title) -> Markup:
     desc = ("Validation accuracy of the images in each confidence bin as bars, their mean confidence as a "
             "line across each bar, and the diagonal where accuracy equals confidence; bars below their "
             "line mean over-confidence.")
-    return _svg(chart_id, left + size + 24, top + size + bottom, title, desc, body)
+    return _svg(chart, (left + size + 24, top + size + bottom), desc, body)

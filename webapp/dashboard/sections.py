@@ -13,6 +13,7 @@ from flask import url_for
 from ml.nets.novelty import energy_temperature
 from webapp.core.formatting import duration, finite, num
 from webapp.dashboard import charts
+from webapp.dashboard.charts import Chart
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ ModelVersion = namedtuple("ModelVersion", "id label path active")
 GALLERY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TTA_LEVELS = {0: "none", 1: "mirror image averaged in", 2: "mirror image and one-pixel shifts averaged in"}
-NOVELTY_METHODS = {  # ml/novelty.py's scores, in words
+NOVELTY_METHODS = {  # ml/nets/novelty.py's scores, in words
     "msp": "maximum softmax probability (minus the top class's calibrated probability)",
     "energy": "energy score (minus the log-sum-exp of the calibrated logits, at the temperature shown)",
     "knn": "feature distance to the k-th nearest training image (normalised penultimate features)",
@@ -75,7 +76,7 @@ def summary(card, model):
 
 def user_photos(card, model):
     """How the version did on the evaluation part of reviewed user feedback when it was trained
-    (webapp.versions.record_feedback), and how many feedback photos it trained on."""
+    (webapp.lifecycle.gate.record_feedback), and how many feedback photos it trained on."""
     section = card.get("feedback")
     if section is None:
         return None
@@ -123,7 +124,7 @@ def _mean(values):
 
 
 def novelty(card, model):
-    """The "none of these" score (ml/novelty.py): its method, fitted threshold and how well it
+    """The "none of these" score (ml/nets/novelty.py): its method, fitted threshold and how well it
     tells far-out and held-out-class images from validation images. None for an older card."""
     spec = card.get("novelty")
     if not spec:
@@ -156,8 +157,8 @@ def per_class(card, model):
     if not classes:
         return None
     chart = charts.bar_chart(classes, [("Accuracy", [accuracy[c] for c in classes])],
-                             chart_id="chart-per-class", title="Accuracy per class on the validation split",
-                             value_label="Accuracy", value_max=1, value_format="{:.0%}")
+                             Chart("chart-per-class", "Accuracy per class on the validation split", "Accuracy"),
+                             value_max=1, value_format="{:.0%}")
     return {"chart": chart, "rows": [(c, accuracy[c], counts.get(c)) for c in classes]}
 
 
@@ -167,8 +168,8 @@ def confusion(card, model):
     if len(matrix) != len(labels) or any(len(row) != len(labels) for row in matrix):
         raise ValueError("confusion matrix does not match the classes")
     matrix = [[int(n) for n in row] for row in matrix]
-    chart = charts.heat_map(matrix, labels, labels, chart_id="chart-confusion",
-                            title="Confusion matrix: true class (rows) against predicted class (columns)")
+    chart = charts.heat_map(matrix, labels, labels, Chart(
+        "chart-confusion", "Confusion matrix: true class (rows) against predicted class (columns)"))
     return {"chart": chart, "labels": labels, "rows": list(zip(labels, matrix))}
 
 
@@ -182,11 +183,10 @@ def history(card, model):
         return [r.get(key) for r in epochs]
 
     loss = charts.line_chart(x, [("Training loss", series("train_loss")), ("Validation loss", series("val_loss"))],
-                             chart_id="chart-loss", title="Loss per epoch", x_label="Epoch", y_label="Loss")
+                             Chart("chart-loss", "Loss per epoch", "Epoch", "Loss"))
     accuracy = charts.line_chart(
         x, [("Training accuracy", series("train_accuracy")), ("Validation accuracy", series("val_accuracy"))],
-        chart_id="chart-accuracy", title="Accuracy per epoch", x_label="Epoch", y_label="Accuracy",
-        y_range=(0, 1), y_format="{:.0%}")
+        Chart("chart-accuracy", "Accuracy per epoch", "Epoch", "Accuracy"), y_range=(0, 1), y_format="{:.0%}")
     return {"loss_chart": loss, "accuracy_chart": accuracy, "rows": epochs}
 
 
@@ -195,8 +195,8 @@ def calibration(card, model):
     bins = report["calibration_bins"]
     if not bins:
         return None
-    chart = charts.reliability_diagram(bins, chart_id="chart-calibration",
-                                       title="Reliability diagram: accuracy against confidence")
+    chart = charts.reliability_diagram(bins, Chart("chart-calibration",
+                                                   "Reliability diagram: accuracy against confidence"))
     return {"chart": chart, "ece": report.get("ece"), "bins": bins}
 
 
@@ -218,8 +218,7 @@ def dataset(card, model):
     split = str(data.get("eval_split") or "validation")
     counts = [("Training", [train.get(c, 0) for c in classes]), (split.capitalize(), [held_out.get(c, 0)
                                                                                       for c in classes])]
-    chart = charts.bar_chart(classes, counts, chart_id="chart-dataset", title="Images per class",
-                             value_label="Images") if classes else None
+    chart = charts.bar_chart(classes, counts, Chart("chart-dataset", "Images per class", "Images")) if classes else None
     return {"chart": chart, "split": split, "rows": [(c, train.get(c), held_out.get(c)) for c in classes],
             "train_images": data.get("train_images"), "eval_images": data.get("eval_images"),
             "source": data.get("source")}
