@@ -41,7 +41,8 @@ def env_int(name: str):
 workers, torch_threads = worker_plan(available_cores(), env_int("TORCH_THREADS") or 1, env_int("WEB_WORKERS"))
 os.environ["TORCH_THREADS"] = str(torch_threads)  # read by the app in each worker (webapp settings)
 
-bind = f"127.0.0.1:{os.environ.get('PORT') or 8000}"
+# loopback unless WEB_HOST says (0.0.0.0, or one address, for a web host behind a load balancer)
+bind = f"{os.environ.get('WEB_HOST') or '127.0.0.1'}:{os.environ.get('PORT') or 8000}"
 # gunicorn's gthread worker (request threads share the worker's one model; forward passes take a
 # lock) with a stop that answers every request it already received (webapp/core/graceful.py)
 worker_class = "webapp.core.graceful.DrainingThreadWorker"

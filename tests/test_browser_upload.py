@@ -273,7 +273,10 @@ def test_gunicorn_settings(monkeypatch):
     monkeypatch.setenv("WEB_WORKERS", "64")
     monkeypatch.setenv("TORCH_THREADS", "1")
     settings = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
-    assert settings["bind"] == "127.0.0.1:8123"
+    assert settings["bind"] == "127.0.0.1:8123"  # loopback unless WEB_HOST says
+    monkeypatch.setenv("WEB_HOST", "0.0.0.0")
+    assert runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))["bind"] == "0.0.0.0:8123"
+    monkeypatch.delenv("WEB_HOST")
     assert settings["workers"] * int(settings["torch_threads"]) <= settings["available_cores"]()
     assert settings["timeout"] > 0 and settings["preload_app"] is False and callable(settings["post_worker_init"])
     # no recycling by default; when an operator turns it on, staggered (docs/operations.md)
