@@ -139,17 +139,29 @@ class Server:
     def first_prediction(self, photo: tuple, timeout: float = 120) -> float:
         """Seconds from spawning gunicorn to the first answered prediction of `photo`."""
         body, ctype = multipart([photo])
+        return self._wait(lambda: request(self.base, "POST", "/api/v1/predict", body, ctype, timeout=timeout)[0] == 200,
+                          timeout, 0.02, "no prediction")
+
+    def wait_for_page(self, path: str = "/", timeout: float = 90) -> float:
+        """Seconds from spawning gunicorn until GET `path` answers 200 (what the tests wait for)."""
+        def answered() -> bool:
+            with urllib.request.urlopen(self.base + path, timeout=2) as response:
+                return response.status == 200
+        return self._wait(answered, timeout, 0.3, f"{path} did not answer 200")
+
+    def _wait(self, answered, timeout: float, retry_s: float, failure: str) -> float:
+        """Call `answered()` until it is true (after a refused connection or an HTTP error, again in
+        `retry_s`); fails when gunicorn exits or `timeout` passes."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}: see {self.log_path}")
             try:
-                status, _ = request(self.base, "POST", "/api/v1/predict", body, ctype, timeout=timeout)
-                if status == 200:
+                if answered():
                     return time.perf_counter() - self.started
             except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"no prediction within {timeout} s: see {self.log_path}")
+                time.sleep(retry_s)
+        raise RuntimeError(f"{failure} within {timeout} s: see {self.log_path}")
 
     def workers(self) -> list:
         return worker_pids(self.process.pid)

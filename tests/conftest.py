@@ -3,16 +3,13 @@ the Flask app and client, a real gunicorn server, and Debian's Chromium for Play
 
 import io
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+
+from scripts.serve_tools import Server
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
@@ -102,43 +99,16 @@ def client(app):
     return app.test_client()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(instance_path, model_dir=SHIPPED_MODEL, env_extra=None, workers=1):
-    """Start the real gunicorn server on a free loopback port; returns (process, base_url)."""
-    port = free_port()
-    env = dict(os.environ, PORT=str(port), INSTANCE_PATH=str(instance_path), MODEL_DIR=str(model_dir),
-               WEB_WORKERS=str(workers), **(env_extra or {}))
-    log = open(Path(instance_path).parent / f"gunicorn-{port}.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                               cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}: see {log.name}")
-        try:
-            with urllib.request.urlopen(base + "/", timeout=2) as response:
-                if response.status == 200:
-                    return process, base
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("gunicorn did not answer within 90 s")
-
-
-def stop_server(process):
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+def start_server(instance_path, model_dir=SHIPPED_MODEL, env_extra=None, workers=1) -> Server:
+    """The real gunicorn server (scripts.serve_tools.Server: a free loopback port, `workers` workers
+    by WEB_WORKERS), once `/` answers; `.base` is its URL, `.stop()` stops it."""
+    server = Server(instance_path, model_dir, env={"WEB_WORKERS": str(workers), **(env_extra or {})})
+    try:
+        server.wait_for_page("/", timeout=90)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +116,9 @@ def live_server(tmp_path_factory, shipped_model_dir):
     """gunicorn serving the shipped model; yields the base URL."""
     instance = tmp_path_factory.mktemp("live") / "instance"
     instance.mkdir()
-    process, base = start_server(instance, shipped_model_dir)
-    yield base
-    stop_server(process)
+    server = start_server(instance, shipped_model_dir)
+    yield server.base
+    server.stop()
 
 
 CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from admin_support import LONG_JOB, PASSWORD, TINY_JOB, TOKEN, training, wait_for, write_dataset
-from conftest import start_server, stop_server
+from conftest import start_server
 
 
 @pytest.fixture(scope="module")
@@ -21,16 +21,17 @@ def server(tmp_path_factory, tiny_model_dir):
     data = write_dataset(root / "data")
     instance = root / "instance"
     instance.mkdir()
-    process, base = start_server(instance, tiny_model_dir, workers=2, env_extra={
+    gunicorn = start_server(instance, tiny_model_dir, workers=2, env_extra={
         "ADMIN_PASSWORD": PASSWORD, "ADMIN_TOKEN": TOKEN, "TRAIN_DATA": str(data), "TRAIN_THREADS": "1",
         "TRAIN_SUITE": "false"})
+    base = gunicorn.base
     yield base
     for job in call(base, "GET", "/api/v1/admin/jobs")[1]["jobs"]:
         if job["status"] in ("queued", "running"):
             call(base, "POST", f"/api/v1/admin/jobs/{job['id']}/cancel")
             wait_for(lambda job_id=job["id"]: call(base, "GET", f"/api/v1/admin/jobs/{job_id}")[1]["status"]
                      not in ("queued", "running"), 30, 0.5, "the job to stop")
-    stop_server(process)
+    gunicorn.stop()
 
 
 def call(base, method, path, body=None, token=TOKEN):
@@ -128,19 +129,21 @@ def test_a_job_outlives_a_restart_of_the_web_app(tmp_path, tiny_model_dir):
     instance.mkdir()
     env = {"ADMIN_TOKEN": TOKEN, "ADMIN_PASSWORD": PASSWORD, "TRAIN_DATA": str(data), "TRAIN_THREADS": "1",
            "TRAIN_SUITE": "false"}
-    process, base = start_server(instance, tiny_model_dir, env_extra=env)
+    server = start_server(instance, tiny_model_dir, env_extra=env)
+    base = server.base
     try:
         status, job = call(base, "POST", "/api/v1/admin/jobs", dict(TINY_JOB, epochs=25))
         assert status == 202
         wait_for(lambda: call(base, "GET", f"/api/v1/admin/jobs/{job['id']}")[1]["status"] == "running",
                  300, 0.3, "the job to run")
     finally:
-        stop_server(process)
-    process, base = start_server(instance, tiny_model_dir, env_extra=env)
+        server.stop()
+    server = start_server(instance, tiny_model_dir, env_extra=env)
+    base = server.base
     try:
         finished = wait_job(base, job["id"])
         assert finished["status"] == "succeeded", finished
         assert finished["epoch"] == 25 and finished["version"]
         assert call(base, "GET", "/api/v1/admin/versions")[1]["active"] == finished["version"]
     finally:
-        stop_server(process)
+        server.stop()

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from admin_support import PASSWORD, TOKEN, wait_for, write_dataset
-from conftest import screenshot_path, start_server, stop_server, watched_page
+from conftest import screenshot_path, start_server, watched_page
 
 WATCHED_JOB = {"preset": "seed", "epochs": "40", "limit": "300", "batch_size": "50"}  # ~15 s of training
 
@@ -19,11 +19,11 @@ def server(tmp_path_factory, shipped_model_dir):
     instance.mkdir()
     # a negative margin: a version must beat the shipped model's accuracy by a whole 100% to pass
     # the gate by itself, so the new one waits and the admin promotes it
-    process, base = start_server(instance, shipped_model_dir, workers=2, env_extra={
+    gunicorn = start_server(instance, shipped_model_dir, workers=2, env_extra={
         "ADMIN_PASSWORD": PASSWORD, "ADMIN_TOKEN": TOKEN, "TRAIN_DATA": str(data), "TRAIN_THREADS": "1",
         "TRAIN_SUITE": "false", "PROMOTION_MARGIN": "-1"})
-    yield base
-    stop_server(process)
+    yield gunicorn.base
+    gunicorn.stop()
 
 
 @pytest.fixture

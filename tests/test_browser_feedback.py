@@ -5,7 +5,7 @@ re-encoded photo and accepts it with the keyboard."""
 import pytest
 
 from admin_support import PASSWORD, TOKEN
-from conftest import screenshot_path, start_server, stop_server, watched_page
+from conftest import screenshot_path, start_server, watched_page
 from web_samples import encode, noise_image
 
 pytestmark = pytest.mark.slow
@@ -15,10 +15,9 @@ pytestmark = pytest.mark.slow
 def server(tmp_path_factory, shipped_model_dir):
     instance = tmp_path_factory.mktemp("feedback-browser") / "instance"
     instance.mkdir()
-    process, base = start_server(instance, shipped_model_dir, env_extra={"ADMIN_PASSWORD": PASSWORD,
-                                                                         "ADMIN_TOKEN": TOKEN})
-    yield base
-    stop_server(process)
+    gunicorn = start_server(instance, shipped_model_dir, env_extra={"ADMIN_PASSWORD": PASSWORD, "ADMIN_TOKEN": TOKEN})
+    yield gunicorn.base
+    gunicorn.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from admin_support import TINY_JOB, admin_config, auth_headers, wait_for, write_dataset
-from conftest import image_bytes, start_server, stop_server
+from conftest import image_bytes, start_server
 from web_samples import encode, noise_image
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -149,9 +149,9 @@ def test_a_scrape_counts_jobs_without_changing_them(tmp_path, tiny_model_dir):
 def two_workers(tmp_path_factory, tiny_model_dir):
     instance = tmp_path_factory.mktemp("metrics") / "instance"
     instance.mkdir()
-    process, base = start_server(instance, tiny_model_dir, workers=2)
-    yield process, base, instance
-    stop_server(process)
+    server = start_server(instance, tiny_model_dir, workers=2)
+    yield server.process, server.base, instance
+    server.stop()
 
 
 def http(base, method, path, body=None, ctype=None):
