@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from ml.evaluate.serving_policy import serving_tta
+from ml.nets.cardmodel import serving_tta
 from scripts.serve_tools import (PHOTO_SETS, PROJECT_ROOT, SHIPPED_MODEL, Server, exit_on_sigterm, free_port,
                                  make_photos, multipart, new_connection, percentile, photo_file, request,
                                  worker_rss)

@@ -19,10 +19,12 @@ import torch
 from ml.data.sources import load_dataset
 from ml.nets.device import pick_amp_dtype
 from ml.train.libc import keep_freed_memory
-from ml.nets.models import build_model
+from ml.nets.models import arch_kwargs, build_model
 from ml.nets.optim import make_optimizer
-from ml.train.presets import NO_ROBUSTNESS_TRAINING, PRESETS, arch_kwargs
-from ml.train.loop import build_parser, resolve_config, train, train_step
+from ml.train.presets import NO_ROBUSTNESS_TRAINING, PRESETS
+from ml.train.checkpoint import TrainState
+from ml.train.cli import build_parser, resolve_config
+from ml.train.loop import RunSettings, train, train_step
 
 FAST, BEST, SGD = PRESETS["fast"], PRESETS["best"], PRESETS["sgd"]
 # (row label, preset whose model and optimizer the row trains, batch size, precision, allocator,

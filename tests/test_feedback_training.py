@@ -15,7 +15,8 @@ from ml.data.sources import load_dataset
 from ml.data.files import write_json_atomic
 from ml.nets.modelfile import CARD_FILE, read_card
 from ml.predict.predictor import Predictor
-from ml.train.loop import build_parser, initial_model, resolve_config
+from ml.train.cli import build_parser, resolve_config
+from ml.train.finetune import initial_model
 from webapp import create_app
 from webapp.lifecycle import jobs
 from webapp.lifecycle.gate import promotion_gate, record_feedback

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ml import CIFAR10_CLASSES
-from ml.data.sources import alternating_flip, augment, iterate_batches, load_dataset, stratified_split
+from ml.data.batches import alternating_flip, augment, iterate_batches
+from ml.data.sources import load_dataset, stratified_split
 
 
 def test_split_is_stratified_and_deterministic():

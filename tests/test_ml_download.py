@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ml.data.download
-from ml.train import loop as ml_train
+from ml.train import cli as ml_train
 
 TRAIN_FLAGS = ["--no-suite", "--val-size", "40", "--threads", "1", "--preset", "fast", "--widths", "8", "16", "16",
                "--epochs", "1", "--batch-size", "50", "--precision", "fp32"]

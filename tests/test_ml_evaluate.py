@@ -73,19 +73,20 @@ def test_evaluate_cli_adds_robustness_and_novelty_sections(tmp_path, tiny_datase
     an open-set model: the classes it left out are one of the unknown sets."""
     import functools
 
-    import ml.evaluate.report
+    import ml.evaluate.cli
     from ml.data.outliers import PROCEDURAL_SETS
     from ml.data.robustness import CORRUPTIONS, VARIANT_NAMES
-    from ml.train.loop import build_parser, resolve_config, train
+    from ml.train.cli import build_parser, resolve_config
+    from ml.train.loop import RunSettings, train
     known = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse"]
     config = resolve_config(build_parser().parse_args([
         "--data", str(tiny_dataset), "--val-size", "40", "--preset", "fast", "--widths", "8", "16", "16",
         "--epochs", "1", "--batch-size", "40", "--precision", "fp32", "--classes", *known]))
-    card = train(config, tmp_path / "m", emit=lambda record: None, suite=False)
-    monkeypatch.setattr(ml.evaluate.report, "robustness_report", functools.partial(
-        ml.evaluate.report.robustness_report, variant_images=8, corruption_images=8))
-    monkeypatch.setattr(ml.evaluate.report, "far_out_sets", functools.partial(ml.evaluate.report.far_out_sets, count=5))
-    ml.evaluate.report.main(["--model", str(tmp_path / "m"), "--data", str(tiny_dataset), "--robustness", "--novelty",
+    card = train(config, tmp_path / "m", RunSettings(suite=False), emit=lambda record: None)
+    monkeypatch.setattr(ml.evaluate.cli, "robustness_report", functools.partial(
+        ml.evaluate.cli.robustness_report, variant_images=8, corruption_images=8))
+    monkeypatch.setattr(ml.evaluate.cli, "far_out_sets", functools.partial(ml.evaluate.cli.far_out_sets, count=5))
+    ml.evaluate.cli.main(["--model", str(tmp_path / "m"), "--data", str(tiny_dataset), "--robustness", "--novelty",
                       "--suite-precision", "fp32", "--out", str(tmp_path / "r.json")])
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads((tmp_path / "r.json").read_text())

@@ -8,7 +8,8 @@ import torch
 
 from conftest import make_model_dir
 from ml import CIFAR10_CLASSES
-from ml.data.sources import Dataset, Split, normalize
+from ml.data.batches import normalize
+from ml.data.sources import Dataset, Split
 from ml.nets.modelfile import CARD_FILE, NOVELTY_FILE, ModelFileError, load_model_dir, load_novelty_bank, novelty_file
 from ml.nets.models import build_model, tta_logits, tta_outputs
 from ml.nets.novelty import (auroc, energy_temperature, fit_threshold, knn_distance, normalise, novelty_scores,

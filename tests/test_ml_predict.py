@@ -175,7 +175,7 @@ def test_a_knn_card_recognises_what_its_bank_holds_and_the_override_wins(tmp_pat
     import torch
 
     from conftest import make_model_dir
-    from ml.data.sources import normalize
+    from ml.data.batches import normalize
     from ml.nets.modelfile import CARD_FILE, novelty_file
     from ml.nets.models import tta_outputs
     from ml.nets.novelty import KNN_K, normalise

@@ -10,11 +10,13 @@ import torch
 from torch import nn
 
 from ml.evaluate import serving_policy
-from ml.data.sources import Split, normalize
+from ml.data.batches import normalize
+from ml.data.sources import Split
 from ml.nets.models import combine_views, extra_views, tta_outputs
 from ml.predict.predictor import Predictor
-from ml.evaluate.serving_policy import (agreement_gate, choose_tta, policy_logits, precision_candidates,
-                               serving_precision, serving_tta, view_logits)
+from ml.evaluate.serving_policy import agreement_gate, choose_tta, policy_logits, view_logits
+from ml.nets.cardmodel import serving_precision, serving_tta
+from ml.nets.device import precision_candidates
 
 CUDA = torch.device("cuda")  # a device object only: nothing runs on it
 CPU = torch.device("cpu")
@@ -177,13 +179,13 @@ def test_serving_tta_reads_the_policy_or_falls_back_to_the_trained_level():
 
 def test_evaluate_measures_the_policy_and_writes_it_into_the_card(tmp_path, tiny_model_dir, tiny_dataset,
                                                                   monkeypatch, capsys):
-    import ml.evaluate.report
+    import ml.evaluate.cli
     monkeypatch.setattr(serving_policy, "SPEED_SECONDS", 0.05)
     model_dir = shutil.copytree(tiny_model_dir, tmp_path / "m")
     before = json.loads((model_dir / "card.json").read_text())
     before["serving"] = {"precision": {"cuda": gate_entry(True)}}  # measured elsewhere: kept
     (model_dir / "card.json").write_text(json.dumps(before))
-    ml.evaluate.report.main(["--model", str(model_dir), "--data", str(tiny_dataset), "--val-size", "40",
+    ml.evaluate.cli.main(["--model", str(model_dir), "--data", str(tiny_dataset), "--val-size", "40",
                       "--serving-policy", "--write-card"])
     section = json.loads(capsys.readouterr().out)["serving"]
     card = json.loads((model_dir / "card.json").read_text())

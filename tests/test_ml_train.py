@@ -11,14 +11,16 @@ import pytest
 import torch
 
 from conftest import PROJECT_ROOT
-from ml.calibrate import finish as calibrate
-from ml.evaluate.report import load_model_split, predict_outputs
+from ml.calibrate import cli as calibrate
+from ml.nets.cardmodel import CardModel
 from ml.nets.modelfile import load_model_dir
 from ml.nets.novelty import DEFAULT_METHOD, ENERGY_TEMPERATURE, fit_threshold, novelty_scores
-from ml.train.loop.distributed import StopFlag
-from ml.train.loop.presets import PRESETS
+from ml.train.distributed import StopFlag
+from ml.train.presets import PRESETS
 from ml.nets.models import build_model
-from ml.train.loop import EXIT_STOPPED, build_parser, jensen_shannon, resolve_config, train, train_step
+from ml.train.checkpoint import TrainState
+from ml.train.cli import EXIT_STOPPED, build_parser, resolve_config
+from ml.train.loop import RunSettings, jensen_shannon, train, train_step
 
 SMALL = ["--val-size", "40", "--threads", "1"]
 
@@ -30,7 +32,7 @@ def config_for(dataset, *flags):
 def run_train(tmp_path, dataset, *flags, name="model", suite=False):
     """Train in process; the end-of-training suite (minutes) only where a test is about it."""
     records = []
-    card = train(config_for(dataset, *flags), tmp_path / name, emit=records.append, suite=suite)
+    card = train(config_for(dataset, *flags), tmp_path / name, RunSettings(suite=suite), emit=records.append)
     return card, records
 
 
@@ -72,8 +74,8 @@ def test_the_consistency_loss_adds_its_weighted_divergence_to_the_step_loss():
         torch.manual_seed(0)
         model = build_model("airnet", num_classes=10, widths=[8, 16, 16]).eval()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        _, loss = train_step(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), images, labels,
-                             config, torch.Generator().manual_seed(2), None)
+        state = TrainState(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), None)
+        _, loss = train_step(model, state, (images, labels), config, torch.Generator().manual_seed(2), None)
         return loss.item(), config
 
     plain, _ = step_loss()
@@ -84,13 +86,13 @@ def test_the_consistency_loss_adds_its_weighted_divergence_to_the_step_loss():
 
 def test_training_clock_pauses_for_validation(tmp_path, tiny_dataset, monkeypatch):
     import ml.train.loop
-    fast_predict = ml.train.loop.predict_logits
+    fast_predict = ml.train.loop.predict_outputs
 
     def slow_predict(*args, **kwargs):
         time.sleep(1.5)
         return fast_predict(*args, **kwargs)
 
-    monkeypatch.setattr(ml.train.loop, "predict_logits", slow_predict)
+    monkeypatch.setattr(ml.train.loop, "predict_outputs", slow_predict)
     card, _ = run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
                         "--epochs", "2", "--batch-size", "40", "--precision", "fp32")
     timing = card["training"]
@@ -177,16 +179,17 @@ def test_a_stop_mid_epoch_resumes_in_process_to_the_same_weights(tmp_path, tiny_
     config = config_for(tiny_dataset, "--preset", preset, "--widths", "8", "16", "16", "--epochs", "3",
                         "--batch-size", "40", "--precision", "fp32", "--seed", "2")
     reference = []
-    train(config, tmp_path / "ref", emit=reference.append, suite=False)
+    train(config, tmp_path / "ref", RunSettings(suite=False), emit=reference.append)
     stop, ckpt, records = StopFlag(), tmp_path / "run.resume.pt", []
 
     def stop_after_seven_steps(record):
         records.append(record)
         stop.requested = record.get("global_step") == 7  # epoch 2, step 2 of 5
 
-    assert train(config, tmp_path / "run", ckpt, emit=stop_after_seven_steps, stop=stop, suite=False) is None
+    assert train(config, tmp_path / "run", RunSettings(ckpt, suite=False), emit=stop_after_seven_steps,
+                 stop=stop) is None
     assert ckpt.is_file() and records[-1]["type"] == "stopped" and records[-1]["global_step"] == 7
-    train(config, tmp_path / "run", ckpt, resume=True, emit=records.append, suite=False)
+    train(config, tmp_path / "run", RunSettings(ckpt, resume=True, suite=False), emit=records.append)
     digests = [[r["weights_digest"] for r in run if r["type"] == "done"] for run in (reference, records)]
     assert digests[0] == digests[1] and len(digests[0]) == 1
     assert not ckpt.exists()
@@ -234,7 +237,7 @@ def test_training_on_a_few_hundred_real_images(tmp_path, real_data_dir):
 
 
 def test_calibrate_cli_refits_on_the_training_runs_own_validation_split(tmp_path, tiny_dataset):
-    from ml.calibrate import finish as calibrate
+    from ml.calibrate import cli as calibrate
     card, _ = run_train(tmp_path, tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16",
                         "--epochs", "2", "--batch-size", "40", "--precision", "fp32", "--val-size", "60")
     card_path = tmp_path / "model" / "card.json"
@@ -257,9 +260,9 @@ def test_calibrate_refits_the_novelty_threshold_at_the_energy_temperature_asked(
     novelty = card["novelty"]
     assert novelty["method"] == "energy" and novelty["energy_temperature"] == 2.5
     assert "robustness" not in card and "far_out" not in novelty  # --no-suite measured nothing more
-    dataset = load_model_split(str(tiny_dataset), card)
-    logits = predict_outputs(model, dataset.val, torch.device("cpu"), tta=card["tta"],
-                             norm=(card["normalization"]["mean"], card["normalization"]["std"]))[0]
+    card_model = CardModel(model, card)
+    dataset = card_model.dataset(str(tiny_dataset))
+    logits = card_model.raw_outputs(dataset.val.images)[0]
     scores = novelty_scores("energy", logits / card["temperature"], temperature=2.5)
     assert novelty["threshold"] == pytest.approx(fit_threshold(scores, 0.95), abs=1e-4)
 
@@ -322,7 +325,7 @@ def test_an_open_set_run_without_the_suite_trains_on_its_classes_only(tmp_path, 
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse"]
     card = train(config_for(tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16", "--epochs", "1",
                             "--batch-size", "40", "--precision", "fp32", "--classes", *classes),
-                 tmp_path / "open", emit=lambda record: None, suite=False)
+                 tmp_path / "open", RunSettings(suite=False), emit=lambda record: None)
     assert card["classes"] == classes and card["hyperparameters"]["classes"] == classes
     assert card["data"]["train_images"] == 160 and card["evaluation"]["images"] == 32
     assert len(card["evaluation"]["confusion_matrix"]) == 8

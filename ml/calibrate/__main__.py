@@ -1,6 +1,6 @@
-"""`python -m ml.calibrate`: the command line of ml/calibrate/finish.py."""
+"""`python -m ml.calibrate`: the command line of ml/calibrate/cli.py."""
 
-from ml.calibrate.finish import main
+from ml.calibrate.cli import main
 
 if __name__ == "__main__":
     main()

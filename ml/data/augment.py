@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ml.data.sources import Split, augment, normalize
+from ml.data.batches import augment, normalize
+from ml.data.sources import Split
 from ml.data.images import decode_image
 
 BANK_FORMAT = 1          # bump when the round trip changes, so cached banks are rebuilt

@@ -1,6 +1,6 @@
-"""`python -m ml.evaluate`: the command line of ml/evaluate/report.py."""
+"""`python -m ml.evaluate`: the command line of ml/evaluate/cli.py."""
 
-from ml.evaluate.report import main
+from ml.evaluate.cli import main
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,7 @@ chosen by measurement and written into the card's `serving` section (`python -m 
 --serving-policy --write-card`; `ml.train` does it for every new model).
 
 Precision: the fastest dtype of the device (bf16 on CPUs with AVX512-BF16/AMX, bf16 or fp16 on
-CUDA; weights cast once, see `cast_for_serving`) serves only if, under the chosen TTA policy, its
+CUDA; weights cast once: ml/nets/device.py) serves only if, under the chosen TTA policy, its
 answers pass GATE against fp32 on the validation split, measured on that kind of device. A model
 without a passing entry for the device serves in fp32, and the Predictor logs why.
 
@@ -14,60 +14,22 @@ record): most photos are confident and cost one pass. The default is the cheapes
 TTA_TOLERANCE of full TTA's accuracy, on the validation split and on the robustness suite.
 """
 
-import copy
 import time
 
 import torch
 
-from ml.data.sources import Split, iterate_batches, normalize
+from ml.data.batches import iterate_batches, normalize
+from ml.data.sources import Split
+from ml.evaluate.report import expected_calibration_error
+from ml.evaluate.suite import suite_splits
+from ml.nets.device import DTYPES, cast_for_serving, precision_candidates
 from ml.nets.models import TTA_VIEWS, combine_views, extra_views, tta_outputs
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 GATE = {"min_agreement": 0.995, "max_accuracy_drop": 0.001, "max_ece_rise": 0.003}
 TTA_TOLERANCE = 0.001  # accuracy a cheaper policy may lose against full TTA (0.1 point)
 ADAPTIVE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 SPEED_BATCH = 16        # images per forward pass when timing (the server's micro-batches)
 SPEED_SECONDS = 3.0     # per configuration timed
-
-
-def precision_candidates(device: torch.device) -> list:
-    """Autocast dtypes worth trying on this device, fastest first (none: fp32 only)."""
-    if device.type == "cuda":
-        return ["bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp16"]
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() and \
-            torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return ["bf16"]
-    return []
-
-
-def serving_precision(card: dict, device: torch.device):
-    """(serving dtype or None for fp32, why fp32 when a faster dtype was possible or None)."""
-    candidates = precision_candidates(device)
-    if not candidates:
-        return None, None
-    entry = (card.get("serving") or {}).get("precision", {}).get(device.type)
-    if entry is None:
-        return None, (f"no precision gate measured on {device.type} for this model: serving fp32 "
-                      "(python -m ml.evaluate --serving-policy --write-card measures it)")
-    if not entry["passed"]:
-        return None, f"{entry['dtype']} failed the agreement gate against fp32 ({entry['why']}): serving fp32"
-    if entry["dtype"] not in candidates:
-        return None, f"{entry['dtype']} passed the gate but this {device.type} lacks it: serving fp32"
-    return DTYPES[entry["dtype"]], None
-
-
-def cast_for_serving(model, dtype):
-    """`model` for inference in `dtype` (None: itself, fp32): a copy with its weights cast once,
-    inputs cast by the caller, no autocast. Autocast casts every weight at every call, which
-    dominates the small batches a server runs (bf16, one core: one photo 10.8 ms against 16.9 ms
-    under autocast, four photos 18.5 against 20.4; same answers on 1,000 validation images)."""
-    return model if dtype is None else copy.deepcopy(model).to(dtype).eval()
-
-
-def serving_tta(card: dict) -> tuple:
-    """(TTA level, adaptive confidence threshold or None) the card's policy serves with."""
-    policy = (card.get("serving") or {}).get("tta") or {}
-    return policy.get("level", card.get("tta", 0)), policy.get("confident_at")
 
 
 @torch.no_grad()
@@ -91,14 +53,6 @@ def policy_logits(views: torch.Tensor, level: int, confident_at=None, temperatur
     unsure = plain.softmax(1).amax(1) < confident_at
     passes = 1 + unsure.float().mean().item() * (TTA_VIEWS[level] - 1)
     return torch.where(unsure[:, None], full, plain), passes
-
-
-def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    confidence, predicted = logits.softmax(1).max(1)
-    correct = (predicted == labels).float()
-    which = (confidence * bins).ceil().clamp(1, bins).long() - 1
-    gaps = torch.zeros(bins).index_add_(0, which, confidence - correct)
-    return (gaps.abs().sum() / len(labels)).item()
 
 
 def agreement_gate(reference: torch.Tensor, candidate: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -146,26 +100,40 @@ def choose_tta(rows: list, suite_names=()) -> dict:
     return min(good, key=lambda r: (r["passes"], -r["accuracy"]))
 
 
-def images_per_second(model, images: torch.Tensor, device, norm, amp_dtype, level, confident_at,
-                      temperature, seconds: float = SPEED_SECONDS) -> float:
-    """In-process forward-pass throughput (normalisation included) at SPEED_BATCH per pass."""
-    model = cast_for_serving(model, amp_dtype)
+def images_per_second(card_model, images: torch.Tensor, amp_dtype, policy: tuple) -> float:
+    """In-process forward-pass throughput (normalisation included) at SPEED_BATCH per pass, for
+    SPEED_SECONDS, in `amp_dtype` (None: fp32) under the TTA `policy` (level, confident_at)."""
+    model = cast_for_serving(card_model.model, amp_dtype)
     done, start, i = 0, time.perf_counter(), 0
     with torch.inference_mode():
-        while time.perf_counter() - start < seconds:
+        while time.perf_counter() - start < SPEED_SECONDS:
             batch = images[i % len(images):i % len(images) + SPEED_BATCH]
-            x = normalize(batch.to(device), *norm).to(amp_dtype or torch.float32)
-            tta_outputs(model, x, level, confident_at, temperature)
+            x = normalize(batch.to(card_model.device), *card_model.norm).to(amp_dtype or torch.float32)
+            tta_outputs(model, x, *policy, card_model.temperature)
             done, i = done + len(batch), i + SPEED_BATCH
     return done / (time.perf_counter() - start)
 
 
-def measure(model, card: dict, device: torch.device, val: Split, suite=(), speed: bool = True) -> dict:
-    """The card's `serving` section for `device`: the TTA table and chosen policy, the precision
-    gate of the fastest dtype that passes it (or of the first, failed), and (`speed`) forward-pass
-    speeds. `suite`: (name, Split) sets of the robustness suite the policy must hold on."""
-    norm = (card["normalization"]["mean"], card["normalization"]["std"])
-    temperature = card.get("temperature", 1.0)
+def precision_gate(card_model, val: Split, reference: torch.Tensor, policy: tuple):
+    """The gate entry of the fastest dtype of the device that passes the agreement gate under
+    `policy`, or of the first when none does; None where the device has only fp32."""
+    entry = None
+    expected = policy_logits(reference, *policy, card_model.temperature)[0]
+    for name in precision_candidates(card_model.device):
+        views = view_logits(card_model.model, val, card_model.device, card_model.norm, DTYPES[name])
+        gate = agreement_gate(expected, policy_logits(views, *policy, card_model.temperature)[0], val.labels)
+        if entry is None or gate["passed"]:
+            entry = dict(gate, dtype=name)
+        if gate["passed"]:
+            break
+    return entry
+
+
+def measure(card_model, val: Split, suite=(), speed: bool = True) -> dict:
+    """The card's `serving` section for the model's device: the TTA table and chosen policy, the
+    precision gate of the fastest dtype that passes it (or of the first, failed), and (`speed`)
+    forward-pass speeds. `suite`: (name, Split) sets of the robustness suite the policy must hold on."""
+    model, device, norm, temperature = card_model.model, card_model.device, card_model.norm, card_model.temperature
     candidates = precision_candidates(device)
     fast_dtype = DTYPES[candidates[0]] if candidates else None  # the suite only compares policies
     suite_views = [(name, view_logits(model, split, device, norm, fast_dtype), split.labels)
@@ -176,26 +144,27 @@ def measure(model, card: dict, device: torch.device, val: Split, suite=(), speed
     policy = (chosen["level"], chosen["confident_at"])
     section = {"tta": {"level": policy[0], "confident_at": policy[1], "passes": chosen["passes"],
                        "tolerance": TTA_TOLERANCE, "table": rows}}
-    entry = None
-    for name in candidates:
-        candidate = policy_logits(view_logits(model, val, device, norm, DTYPES[name]), *policy, temperature)[0]
-        gate = agreement_gate(policy_logits(reference, *policy, temperature)[0], candidate, val.labels)
-        if entry is None or gate["passed"]:
-            entry = dict(gate, dtype=name)
-        if gate["passed"]:
-            break
+    entry = precision_gate(card_model, val, reference, policy)
     section["precision"] = {device.type: entry} if entry else {}
     if not speed:
         return section
     served = DTYPES[entry["dtype"]] if entry and entry["passed"] else None
     images = val.images[:512]
     section["images_per_s"] = {
-        "fp32, full TTA": images_per_second(model, images, device, norm, None, 2, None, temperature),
-        "served precision, full TTA": images_per_second(model, images, device, norm, served, 2, None, temperature),
-        "served precision and policy": images_per_second(model, images, device, norm, served, *policy, temperature),
+        "fp32, full TTA": images_per_second(card_model, images, None, (2, None)),
+        "served precision, full TTA": images_per_second(card_model, images, served, (2, None)),
+        "served precision and policy": images_per_second(card_model, images, served, policy),
         "device": device.type, "batch": SPEED_BATCH,
     }
     return section
+
+
+def serving_section(card_model, val: Split, cache_dir, speed: bool = True) -> dict:
+    """The serving policy (precision gate, TTA policy, and with `speed` forward-pass speeds)
+    measured on the model's device; the TTA policy must also hold on the robustness suite when the
+    card has its figures."""
+    suite = suite_splits(val, cache_dir) if card_model.card.get("robustness") else ()
+    return measure(card_model, val, suite, speed)
 
 
 def merged(card: dict, section: dict) -> dict:

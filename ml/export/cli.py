@@ -18,7 +18,6 @@ import numpy as np
 import onnxruntime
 import torch
 
-from ml.evaluate.report import load_model_split
 from ml.export.formats import FORMATS, card_path, export_model, exported_runner, write_card
 from ml.predict.predictor import Predictor
 
@@ -32,9 +31,9 @@ def check_parity(path, fmt: str, model_dir, data_root, val_size=None) -> dict:
     card = json.loads(card_path(path).read_text())
     predictor = Predictor(model_dir, "cpu")
     # the reference is the export's own computation: fp32, every view of its TTA level (the
-    # server's bf16 and adaptive policy are gated against exactly that; see ml/serving_policy.py)
+    # server's bf16 and adaptive policy are gated against exactly that; see ml/evaluate/serving_policy.py)
     predictor.tta, predictor.confident_at, predictor.amp_dtype = card["tta"]["level"], None, None
-    split = load_model_split(data_root, predictor.card, val_size).val
+    split = predictor.card_model.dataset(data_root, val_size).val
     images = split.images.permute(0, 2, 3, 1).contiguous().numpy()
     run = exported_runner(path, fmt)
     agree, max_diff = 0, 0.0
@@ -50,8 +49,8 @@ def check_parity(path, fmt: str, model_dir, data_root, val_size=None) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Export a model folder as ONNX or TorchScript, "
-                                     "with a card stating its exact preprocessing.")
+    parser = argparse.ArgumentParser(prog="python -m ml.export", description="Export a model folder as ONNX or "
+                                     "TorchScript, with a card stating its exact preprocessing.")
     parser.add_argument("--model", default="models/default", help="model folder (weights + card.json)")
     parser.add_argument("--format", default="onnx", choices=sorted(FORMATS), help="export format")
     parser.add_argument("--out", default=None, help="output file (default: NAME-VERSION.onnx or .pt here); "

@@ -77,9 +77,9 @@ def export_model(model_dir, fmt: str, out=None, tta=None) -> Path:
     temporary file in the same folder, then a rename); returns `out`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose from {sorted(FORMATS)}")
-    module, model_card = build_exported(model_dir, tta)
-    card = export_card(model_card, fmt, module.tta)
-    out = Path(out) if out else default_out(model_card, fmt)
+    module, card_model = build_exported(model_dir, tta)
+    card = export_card(card_model, fmt, module.tta)
+    out = Path(out) if out else default_out(card_model.card, fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, mode=0o644) as tmp:
         WRITERS[fmt](module, card, tmp)

@@ -12,12 +12,11 @@ from datetime import datetime, timezone
 import torch
 from torch import nn
 
+from ml.data.batches import normalize
 from ml.data.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
-from ml.data.sources import normalize
-from ml.evaluate.serving_policy import serving_tta
-from ml.nets.modelfile import load_model_dir, load_novelty_bank
+from ml.nets.cardmodel import CardModel
 from ml.nets.models import tta_outputs
-from ml.nets.novelty import KNN_K, energy_temperature, kth_neighbour_distance, novelty_scores
+from ml.nets.novelty import KNN_K, kth_neighbour_distance, novelty_scores
 
 EXPORT_CARD_FORMAT = 1
 INPUT_NAME = "image"
@@ -27,13 +26,12 @@ OUTPUT_NAMES = ("probabilities", "logits", "novelty")
 class ExportedClassifier(nn.Module):
     """What the exported graph computes, from the decoder's output on (see the module docstring)."""
 
-    def __init__(self, model, card, tta: int, bank=None):
+    def __init__(self, card_model: CardModel, tta: int):
         super().__init__()
-        self.model, self.tta = model, tta
-        self.norm = (card["normalization"]["mean"], card["normalization"]["std"])
-        self.temperature = float(card.get("temperature", 1.0))
-        self.novelty_method = (card.get("novelty") or {}).get("method", "msp")
-        self.energy_temperature = energy_temperature(card.get("novelty") or {})
+        self.model, self.tta = card_model.model, tta
+        self.norm, self.temperature = card_model.norm, card_model.temperature
+        self.novelty_method, self.energy_temperature = card_model.novelty_method, card_model.energy_temperature
+        bank = card_model.novelty_bank
         self.register_buffer("bank", bank if bank is not None else torch.zeros(0))
 
     def forward(self, image):
@@ -48,7 +46,7 @@ class ExportedClassifier(nn.Module):
 
 
 def tta_spec(level: int) -> dict:
-    """The views of ml.models.tta_outputs at `level` and how their logits are combined."""
+    """The views of ml.nets.models.tta_outputs at `level` and how their logits are combined."""
     views = ["plain: the 32x32 input"]
     combine = "the plain view's logits"
     if level >= 1:
@@ -65,9 +63,9 @@ def tta_spec(level: int) -> dict:
 
 
 def preprocessing_spec(size: int) -> dict:
-    """ml.images.decode_image, step by step: what a client does before the graph."""
+    """ml.data.images.decode_image, step by step: what a client does before the graph."""
     return {
-        "reference": "ml/images.py decode_image (Pillow)",
+        "reference": "ml/data/images.py decode_image (Pillow)",
         "decode": f"Pillow Image.open; formats {sorted(ALLOWED_FORMATS)}; at most {DEFAULT_MAX_PIXELS:,} "
                   "pixels (refused from the header); animations: the first frame",
         "jpeg_draft": f"JPEG only: image.draft('RGB', ({2 * size}, {2 * size})) before loading, i.e. "
@@ -89,23 +87,22 @@ def preprocessing_spec(size: int) -> dict:
     }
 
 
-def website_policy(card: dict) -> dict:
-    """How the website runs the same model (ml/serving_policy.py): its TTA policy and, per kind of
-    device, the precision that passed the agreement gate against fp32."""
-    level, confident_at = serving_tta(card)
-    gates = (card.get("serving") or {}).get("precision") or {}
+def website_policy(card_model: CardModel) -> dict:
+    """How the website runs the same model (ml/evaluate/serving_policy.py): its TTA policy and, per
+    kind of device, the precision that passed the agreement gate against fp32."""
+    level, confident_at = card_model.serving_tta
+    gates = card_model.precision_gates
     return {"level": level, "extra_views_below_confidence": confident_at,
             "precision": {device: {"dtype": gate["dtype"] if gate["passed"] else "fp32",
                                    "top1_agreement_with_fp32": gate.get("agreement")}
                           for device, gate in gates.items()}}
 
 
-def export_card(card: dict, fmt: str, tta: int) -> dict:
-    size = card.get("input_size", 32)
-    norm = card["normalization"]
-    novelty = card.get("novelty") or {}
-    method = novelty.get("method", "msp")
-    t = energy_temperature(novelty)
+def export_card(card_model: CardModel, fmt: str, tta: int) -> dict:
+    """The export card: the model, its input and outputs, what a client does before the graph, and
+    what the graph does, from the model's card."""
+    card, size, (mean, std) = card_model.card, card_model.input_size, card_model.norm
+    method, t = card_model.novelty_method, card_model.energy_temperature
     scores = {"msp": "minus the highest probability",
               "energy": f"minus {t:g} * logsumexp(logits / {t:g})" if t != 1 else "minus logsumexp(logits)",
               "knn": "distance of the L2-normalised penultimate features (plain view) to their "
@@ -115,7 +112,7 @@ def export_card(card: dict, fmt: str, tta: int) -> dict:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"name": card.get("name"), "version": card.get("version"), "arch": card["arch"],
                   "weights_sha256": card["weights_sha256"]},
-        "classes": card["classes"],
+        "classes": card_model.classes,
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", size, size, 3],
                   "layout": "NHWC, RGB, 0-255: the decoded photo (preprocessing), not normalised"},
         "outputs": {"probabilities": "(batch, classes) softmax of the calibrated logits",
@@ -124,11 +121,11 @@ def export_card(card: dict, fmt: str, tta: int) -> dict:
         "preprocessing": preprocessing_spec(size),
         "in_graph": ["cast to float32", "NHWC to NCHW", "normalisation", "network with the TTA views",
                      "divide by the temperature", "softmax", "novelty"],
-        "normalization": {"mean": norm["mean"], "std": norm["std"],
+        "normalization": {"mean": mean, "std": std,
                           "formula": "(pixel - 255 * mean[c]) / (255 * std[c]), pixel in 0..255"},
-        "tta": dict(tta_spec(tta), website_level=card.get("tta", 0), website_policy=website_policy(card)),
-        "temperature": float(card.get("temperature", 1.0)),
-        "novelty": {"method": method, "score": scores[method], "threshold": novelty.get("threshold"),
+        "tta": dict(tta_spec(tta), website_level=card_model.tta, website_policy=website_policy(card_model)),
+        "temperature": card_model.temperature,
+        "novelty": {"method": method, "score": scores[method], "threshold": card_model.novelty_threshold,
                     "rule": "recognised when novelty <= threshold (always, without a threshold); "
                             "otherwise the answer is 'none of these' and the label only the closest guess"},
         "answer": "label = classes[argmax(probabilities)], confidence = its probability, the top 5 by probability",
@@ -136,12 +133,11 @@ def export_card(card: dict, fmt: str, tta: int) -> dict:
 
 
 def build_exported(model_dir, tta=None):
-    """(ExportedClassifier in eval mode, the model's card) for a model folder; `tta` None: the card's level."""
-    model, card = load_model_dir(model_dir)
-    level = card.get("tta", 0) if tta is None else tta
-    bank = load_novelty_bank(model_dir, card)
-    module = ExportedClassifier(model, card, level, bank).eval()
-    return module, card
+    """(ExportedClassifier in eval mode, the model's CardModel) for a model folder; `tta` None: the
+    card's level."""
+    card_model = CardModel.load(model_dir)
+    level = card_model.tta if tta is None else tta
+    return ExportedClassifier(card_model, level).eval(), card_model
 
 
 def example_input(size: int) -> torch.Tensor:

@@ -27,6 +27,11 @@ def build_model(name: str, **kwargs) -> nn.Module:
     return ARCHITECTURES[name](**kwargs)
 
 
+def arch_kwargs(config: dict) -> dict:
+    """The architecture's constructor arguments that a training config sets (and a card records)."""
+    return {"widths": config["widths"]} if config["arch"] == "airnet" else {}
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

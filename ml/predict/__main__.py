@@ -1,6 +1,6 @@
-"""`python -m ml.predict`: the command line of ml/predict/predictor.py."""
+"""`python -m ml.predict`: the command line of ml/predict/cli.py."""
 
-from ml.predict.predictor import main
+from ml.predict.cli import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
-"""`python -m ml.train`: the command line of ml/train/loop.py."""
+"""`python -m ml.train`: the command line of ml/train/cli.py."""
 
-from ml.train.loop import main
+from ml.train.cli import main
 
 if __name__ == "__main__":
     main()

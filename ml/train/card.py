@@ -1,16 +1,17 @@
-"""The model card a training run writes beside its weights: what the model is, how it was
-trained, on what, how well it does, and with which library versions."""
+"""The model card a training run writes beside its weights: what the model is and how to run it
+(the part ml/nets/cardmodel.py reads), then how the run went: on what, how well, how long, with
+which library versions."""
 
 import hashlib
 import platform
+import time
 from datetime import datetime, timezone
 
 import torch
 import torchvision
 
 from ml.data.sources import CIFAR_MEAN, CIFAR_STD
-from ml.nets.models import count_parameters
-from ml.train.presets import arch_kwargs
+from ml.nets.models import arch_kwargs, count_parameters
 
 
 def weights_digest(model) -> str:
@@ -22,8 +23,8 @@ def weights_digest(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def make_card(model, config, dataset, report, history, train_seconds, eval_seconds, total_seconds,
-              device, amp_dtype, world) -> dict:
+def model_card(config: dict, model, dataset) -> dict:
+    """What the model trained per `config` is, and how to run it."""
     created = datetime.now(timezone.utc)
     return {
         "name": "cifar10-" + config["arch"],
@@ -40,12 +41,20 @@ def make_card(model, config, dataset, report, history, train_seconds, eval_secon
         "tta": config["tta"],
         "hyperparameters": config,
         "data": dict(dataset.describe(), val_size=config["val_size"], split_seed=config["split_seed"]),
-        "history": history,
+    }
+
+
+def run_record(run, state, report: dict, train_seconds: float) -> dict:
+    """How the run went: its epochs, the final report, where its time went, the machine and library
+    versions. `run` is ml/train/loop.py's Run (device, precision, processes, wall clock start)."""
+    total_seconds = time.perf_counter() - run.wall_start
+    return {
+        "history": state.history,
         "evaluation": report,
-        "training": {"train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                     "total_seconds": total_seconds, "device": str(device),
+        "training": {"train_seconds": train_seconds, "eval_seconds": state.eval_seconds,
+                     "total_seconds": total_seconds, "device": str(run.device),
                      "cpu": platform.processor() or platform.machine(),
-                     "precision": str(amp_dtype or "torch.float32"), "world_size": world,
+                     "precision": str(run.amp_dtype or "torch.float32"), "world_size": run.world,
                      "threads": torch.get_num_threads()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__},

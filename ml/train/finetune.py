@@ -1,10 +1,9 @@
 """Where a training run starts: a fresh model, or (`--init-from`) a trained model folder's
 weights with a short fine-tuning schedule, e.g. to fold reviewed user photos into a version."""
 
-from ml.data.sources import normalize
+from ml.data.batches import normalize
 from ml.nets.modelfile import load_model_dir, read_card
-from ml.nets.models import build_model
-from ml.train.presets import arch_kwargs
+from ml.nets.models import arch_kwargs, build_model
 
 WHITENING_IMAGES = 5000       # training images used to estimate the patch covariance
 FINETUNE_EPOCHS = 2           # --init-from: a short schedule from trained weights (minutes on a CPU)

@@ -1,71 +1,90 @@
-"""Train a CIFAR-10 classifier and write a model folder.
+"""The training loop: a run's steps, epochs and validation, its stop and resume, and the finish
+that writes the model folder (ml/calibrate/finish.py).
 
-    python -m ml.train --preset fast --data data --out runs/fast
-    torchrun --nproc-per-node 2 -m ml.train --preset fast ...      (DistributedDataParallel)
-
-The recipes are in ml/presets.py; every hyperparameter can be overridden by a flag. SIGTERM stops
-after the current step, writes a resume checkpoint and exits with status 3; `--resume` continues.
-`--download` fetches the official CIFAR-10 first when the data folder holds no dataset.
-
-The pieces live beside it, as in torchvision's classification reference: optimisers, schedule and
-lookahead in ml/optim.py, stop flag and multi-process helpers in ml/distributed.py, checkpoints
-and TrainState in ml/checkpoint.py, the model card in ml/card.py, the starting model (fresh or
-`--init-from` a trained one) in ml/finetune.py, what a run trains on in ml/training_data.py.
+The pieces live beside it, as in torchvision's classification reference: the command line in
+ml/train/cli.py, stop flag and multi-process helpers in ml/train/distributed.py, checkpoints and
+TrainState in ml/train/checkpoint.py, the model card in ml/train/card.py, the starting model
+(fresh or `--init-from` a trained one) in ml/train/finetune.py, what a run trains on in
+ml/train/training_data.py; optimisers, schedule and lookahead in ml/nets/optim.py.
 """
 
-import argparse
-import json
 import math
 import os
-import sys
 import time
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from ml.calibrate.finish import FinishSettings, calibrate, finish
 from ml.data.augment import client_mix, training_inputs
-from ml.calibrate.finish import calibrated_report, fit_novelty_and_measure
-from ml.train.card import make_card, weights_digest
-from ml.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from ml.data.sources import CIFAR_MEAN, CIFAR_STD, alternating_flip, iterate_batches
+from ml.data.batches import alternating_flip, iterate_batches
+from ml.data.sources import CIFAR_MEAN, CIFAR_STD
+from ml.evaluate.report import report_from_logits
+from ml.nets.cardmodel import CardModel, predict_outputs
 from ml.nets.device import autocast, pick_amp_dtype, pick_device
-from ml.train.distributed import (StopFlag, distributed_info, finish_distributed, init_distributed, stop_agreed,
-                            sync_buffers)
-from ml.data.download import DownloadError
-from ml.evaluate.report import predict_logits, report_from_logits, serving_section
-from ml.train.libc import keep_freed_memory
-from ml.train.finetune import FINETUNE_EPOCHS, FINETUNE_LR_SCALE, fine_tuning, initial_model
-from ml.nets.modelfile import gallery_files, write_model_dir
 from ml.nets.models import count_parameters
 from ml.nets.optim import Lookahead, lr_factor, make_optimizer, set_lr
-from ml.train.presets import PRESETS, add_hyperparameter_flags, preset_with_flags
-from ml.train.progress import EpochMeter, terminal_line
-from ml.evaluate.serving_policy import merged
+from ml.train.card import model_card, run_record, weights_digest
+from ml.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from ml.train.distributed import (StopFlag, distributed_info, finish_distributed, init_distributed, stop_agreed,
+                                  sync_buffers)
+from ml.train.finetune import initial_model
+from ml.train.libc import keep_freed_memory
+from ml.train.progress import EpochMeter
 from ml.train.training_data import training_data
 
-EXIT_STOPPED = 3  # stopped by SIGTERM/SIGINT after writing a resume checkpoint
 NORM = (CIFAR_MEAN, CIFAR_STD)
 
 
-def resolve_config(args) -> dict:
-    """The run's full settings: the preset with the flags given, then seed, data and split."""
-    config = preset_with_flags(args)
-    config.update(seed=args.seed, limit=args.limit, val_size=args.val_size, split_seed=args.split_seed,
-                  data=str(args.data), classes=args.classes,
-                  extra_data=str(args.extra_data) if args.extra_data else None, init_from=None)
-    if args.init_from:
-        fine_tuning(config, args)
-    return config
+@dataclass
+class RunSettings:
+    """How a run is carried out, beside what it trains (the config, which a resume must match)."""
+    checkpoint: Optional[Path] = None  # where a stop writes the resume checkpoint (none: not written)
+    resume: bool = False               # continue from `checkpoint` when it exists
+    device: str = "auto"               # auto (CUDA, then MPS, then CPU), cpu, cuda, mps
+    download: bool = False             # fetch CIFAR-10 into config["data"] first when it holds no dataset
+    suite: bool = True                 # end by measuring the robustness suite and far-out sets (minutes)
 
 
-def train_step(model, optimizer, scaler, images, labels, config, generator, amp_dtype):
-    """One optimiser step on a batch already on the training device (uint8 images): normalise,
+@dataclass
+class Run:
+    """This process's part of a run: what the steps, the epochs and the card read."""
+    config: dict
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]   # autocast dtype, None for fp32
+    rank: int
+    world: int
+    emit: Callable                     # progress records; every rank's "done"
+    stop: StopFlag
+    wall_start: float
+
+    def log(self, record: dict):
+        """A progress record of the run as a whole: rank 0's."""
+        if self.rank == 0:
+            self.emit(record)
+
+
+def start_run(config: dict, device: str, emit, stop) -> Run:
+    """Join the process group where there is one, pick the device and precision, tune the allocator."""
+    rank, world = distributed_info()
+    device = pick_device(device)
+    init_distributed(device, world)
+    keep_freed_memory()
+    return Run(config, device, pick_amp_dtype(config["precision"], device), rank, world, emit,
+               stop or StopFlag(), time.perf_counter())
+
+
+def train_step(model, state: TrainState, batch, config: dict, generator, amp_dtype):
+    """One optimiser step of state.optimizer (and its scaler) on a batch (uint8 images, labels)
+    already on the training device, through `model` (state.model or its DDP wrapper): normalise,
     augment, forward, loss (plus outlier exposure's uniform-target loss on the synthetic outliers
     appended to the batch, and the consistency loss between the first images and their resampled
     twins), backward, step. Returns (logits of the real images, loss)."""
+    images, labels = batch
     x, outliers, twins = training_inputs(images, config, generator)
     n = len(labels)
     with autocast(images.device, amp_dtype):
@@ -76,10 +95,10 @@ def train_step(model, optimizer, scaler, images, labels, config, generator, amp_
             loss = loss - config["outlier_weight"] * F.log_softmax(out[n:n + outliers], 1).mean()
         if twins:
             loss = loss + config["consistency"] * jensen_shannon(logits[:twins], out[n + outliers:])
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
     return logits, loss
 
 
@@ -91,76 +110,83 @@ def jensen_shannon(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tens
     return (F.kl_div(log_mixture, p_a, reduction="batchmean") + F.kl_div(log_mixture, p_b, reduction="batchmean")) / 2
 
 
-def augmentation_generator(config, state: TrainState, device, rank) -> torch.Generator:
+def augmentation_generator(run: Run, state: TrainState) -> torch.Generator:
     """This epoch's translation generator, or the stopped one's where a resume left off."""
-    generator = torch.Generator(device=device)
+    generator = torch.Generator(device=run.device)
     if state.aug_rng is not None:
         generator.set_state(state.aug_rng)
     else:
-        generator.manual_seed(config["seed"] * 7919 + state.epoch * 31 + rank)
+        generator.manual_seed(run.config["seed"] * 7919 + state.epoch * 31 + run.rank)
     return generator
 
 
-def train_one_epoch(model, split, config, state: TrainState, device, amp_dtype, emit, stop, world, rank,
-                    client_bank=None):
-    """One pass over the training split (or what is left of it when resuming mid-epoch) with
-    `model` (state.model, or its DistributedDataParallel wrapper); `client_bank` holds the upload
-    round trips that serving_aug swaps in. Returns (mean loss, accuracy, stopped)."""
-    epoch = state.epoch
-    shuffle = torch.Generator().manual_seed(config["seed"] * 1000 + epoch)
-    aug_gen = augmentation_generator(config, state, device, rank)
+def epoch_batches(run: Run, state: TrainState, split, client_bank):
+    """This epoch's shuffled batches of this process's shard: a share of the images swapped for
+    their upload round trips (`client_bank`, serving_aug) and flipped on alternate epochs."""
+    config, epoch = run.config, state.epoch
     if client_bank is not None:
         split = client_mix(split, client_bank, config["serving_aug"], config["seed"], epoch)
     if config["flip"]:
         split = alternating_flip(split, config["seed"], epoch)
-    batches = iterate_batches(split, config["batch_size"], shuffle, shard=(rank, world))
+    shuffle = torch.Generator().manual_seed(config["seed"] * 1000 + epoch)
+    return iterate_batches(split, config["batch_size"], shuffle, shard=(run.rank, run.world))
+
+
+def train_one_epoch(run: Run, model, state: TrainState, split, client_bank=None):
+    """One pass over the training split (or what is left of it when resuming mid-epoch) with
+    `model` (state.model, or its DistributedDataParallel wrapper); `client_bank` holds the upload
+    round trips that serving_aug swaps in. Returns (mean loss, accuracy, stopped)."""
+    config = run.config
+    aug_gen = augmentation_generator(run, state)
+    batches = epoch_batches(run, state, split, client_bank)
     steps_per_epoch = math.ceil(len(split) / config["batch_size"])
     total_steps = steps_per_epoch * config["epochs"]
     log_every = max(1, steps_per_epoch // 20)
     if config["arch"] == "airnet":
-        state.model.whiten.bias.requires_grad = epoch < config["whiten_bias_epochs"]
+        state.model.whiten.bias.requires_grad = state.epoch < config["whiten_bias_epochs"]
     model.train()
     meter = EpochMeter()
     for step_in_epoch, (images, labels) in enumerate(batches):
         if step_in_epoch < state.step_in_epoch:
             continue  # resuming: these batches were done before the stop
-        images, y = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        batch = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
         set_lr(state.optimizer, lr_factor(config["schedule"], state.global_step, total_steps))
-        logits, loss = train_step(model, state.optimizer, state.scaler, images, y, config, aug_gen, amp_dtype)
+        logits, loss = train_step(model, state, batch, config, aug_gen, run.amp_dtype)
         state.global_step += 1
         state.step_in_epoch = step_in_epoch + 1
         if state.lookahead is not None:
             state.lookahead.after_step(state.model, state.global_step, total_steps)
-        meter.add(loss.item(), (logits.argmax(1) == y).sum().item(), len(y))
+        meter.add(loss.item(), (logits.argmax(1) == batch[1]).sum().item(), len(batch[1]))
         if state.global_step % log_every == 0 or step_in_epoch + 1 == steps_per_epoch:
             now = time.perf_counter()
-            emit({"type": "step", "epoch": epoch + 1, "epochs": config["epochs"],
-                  "step": step_in_epoch + 1, "steps_per_epoch": steps_per_epoch,
-                  "global_step": state.global_step, "total_steps": total_steps,
-                  **meter.window(now, state.elapsed_before + now - state.start_time,
-                                 state.optimizer.param_groups[0]["lr"], state.global_step / total_steps, world)})
-        if stop_agreed(stop, world, device):
+            run.log({"type": "step", "epoch": state.epoch + 1, "epochs": config["epochs"],
+                     "step": step_in_epoch + 1, "steps_per_epoch": steps_per_epoch,
+                     "global_step": state.global_step, "total_steps": total_steps,
+                     **meter.window(now, state.elapsed_before + now - state.start_time,
+                                    state.optimizer.param_groups[0]["lr"], state.global_step / total_steps,
+                                    run.world)})
+        if stop_agreed(run.stop, run.world, run.device):
             state.aug_rng = aug_gen.get_state()
             return (*meter.result(), True)
     state.aug_rng = None
     return (*meter.result(), False)
 
 
-def new_state(config, dataset, device, amp_dtype) -> TrainState:
+def new_state(run: Run, dataset) -> TrainState:
     """The model to train (initial_model), its optimizer, scaler and lookahead."""
-    model = initial_model(config, dataset)
-    model = model.to(device, memory_format=torch.channels_last)
-    return TrainState(model, make_optimizer(model, config),
-                      torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-                      Lookahead(model) if config["lookahead"] else None)
+    model = initial_model(run.config, dataset)
+    model = model.to(run.device, memory_format=torch.channels_last)
+    return TrainState(model, make_optimizer(model, run.config),
+                      torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16),
+                      Lookahead(model) if run.config["lookahead"] else None)
 
 
-def validate(state: TrainState, dataset, device, amp_dtype, world) -> dict:
+def validate(run: Run, state: TrainState, dataset) -> dict:
     """The epoch's validation report. The training clock pauses for it, as airbench's does, so
     train_seconds compares with its published times; the pauses are kept in eval_seconds."""
     eval_start = time.perf_counter()
-    sync_buffers(state.model, world)
-    logits = predict_logits(state.model, dataset.val, device, amp_dtype=amp_dtype, norm=NORM)
+    sync_buffers(state.model, run.world)
+    logits = predict_outputs(state.model, dataset.val.images, run.device, NORM, amp_dtype=run.amp_dtype)[0]
     report = report_from_logits(logits, dataset.val.labels, dataset.classes, dataset.val_name)
     paused = time.perf_counter() - eval_start
     state.eval_seconds += paused
@@ -168,143 +194,79 @@ def validate(state: TrainState, dataset, device, amp_dtype, world) -> dict:
     return report
 
 
-def train(config: dict, out_dir, checkpoint_path=None, resume=False, device="auto", emit=print,
-          stop: StopFlag = None, download=False, suite=True):
-    """Train per `config` and write the model folder `out_dir`. Returns the card ({} on ranks
-    other than 0), or None when stopped early (a resume checkpoint is then at `checkpoint_path`).
-    `download` fetches CIFAR-10 into config["data"] first when that folder holds no dataset."""
-    rank, world = distributed_info()
-    device = pick_device(device)
-    init_distributed(device, world)
-    stop = stop or StopFlag()
-    keep_freed_memory()
-    wall_start = time.perf_counter()
-    torch.manual_seed(config["seed"])
-    dataset, client_bank, base_train_images = training_data(config, download, rank, world)
-    if world > 1 and config["batch_size"] % world:
-        raise ValueError(f"batch size {config['batch_size']} is not divisible by {world} processes")
-    amp_dtype = pick_amp_dtype(config["precision"], device)
-    state = new_state(config, dataset, device, amp_dtype)
-    model = state.model
-    if resume and checkpoint_path and Path(checkpoint_path).is_file():
-        state.from_checkpoint(load_checkpoint(checkpoint_path, config))
-        emit({"type": "resumed", "epoch": state.epoch + 1, "global_step": state.global_step})
+def train_epochs(run: Run, state: TrainState, dataset, client_bank, checkpoint) -> bool:
+    """The epochs left, each followed by validation; False when stopped (the resume checkpoint
+    then written at `checkpoint`, by rank 0)."""
+    config, model = run.config, state.model
     train_model = model
-    if world > 1:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    log = emit if rank == 0 else (lambda record: None)
-    log({"type": "start", "preset": config["preset"], "arch": config["arch"], "device": str(device),
-         "precision": str(amp_dtype or "fp32"), "world_size": world, "train_images": len(dataset.train),
-         "eval_images": len(dataset.val), "eval_split": dataset.val_name, "epochs": config["epochs"],
-         "parameters": count_parameters(model)})
+    if run.world > 1:
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=device_ids)
+    run.log({"type": "start", "preset": config["preset"], "arch": config["arch"], "device": str(run.device),
+             "precision": str(run.amp_dtype or "fp32"), "world_size": run.world, "train_images": len(dataset.train),
+             "eval_images": len(dataset.val), "eval_split": dataset.val_name, "epochs": config["epochs"],
+             "parameters": count_parameters(model)})
     state.start_time = time.perf_counter()
     while state.epoch < config["epochs"]:
-        train_loss, train_acc, stopped = train_one_epoch(
-            train_model, dataset.train, config, state, device, amp_dtype, log, stop, world, rank, client_bank)
+        train_loss, train_acc, stopped = train_one_epoch(run, train_model, state, dataset.train, client_bank)
         if stopped:
-            if rank == 0 and checkpoint_path:
+            if run.rank == 0 and checkpoint:
                 state.elapsed_before += time.perf_counter() - state.start_time
-                save_checkpoint(checkpoint_path, state.to_checkpoint(config))
-            log({"type": "stopped", "epoch": state.epoch + 1, "global_step": state.global_step,
-                 "checkpoint": str(checkpoint_path) if checkpoint_path else None})
-            return None
-        val = validate(state, dataset, device, amp_dtype, world)
+                save_checkpoint(checkpoint, state.to_checkpoint(config))
+            run.log({"type": "stopped", "epoch": state.epoch + 1, "global_step": state.global_step,
+                     "checkpoint": str(checkpoint) if checkpoint else None})
+            return False
+        val = validate(run, state, dataset)
         elapsed = state.elapsed_before + time.perf_counter() - state.start_time
         record = {"type": "epoch", "epoch": state.epoch + 1, "epochs": config["epochs"],
                   "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val["loss"],
                   "val_accuracy": val["accuracy"], "elapsed_s": elapsed}
         state.history.append(record)
-        log(record)
+        run.log(record)
         state.epoch += 1
         state.step_in_epoch = 0
     if state.lookahead is not None:
         state.lookahead.update(model, decay=1.0)  # end on the slow average itself (airbench)
-        sync_buffers(model, world)
+        sync_buffers(model, run.world)
+    return True
+
+
+def finish_run(run: Run, state: TrainState, dataset, out_dir, settings: RunSettings, extra_images: int) -> dict:
+    """Calibrate the trained model and report it on every rank; on rank 0 write the model folder
+    (ml/calibrate/finish.py) and remove the resume checkpoint. Returns the card ({} elsewhere)."""
     train_seconds = state.elapsed_before + time.perf_counter() - state.start_time
     # Final report in full precision, as served; the temperature makes its probabilities honest.
-    temperature, report, val_logits, val_features = calibrated_report(model, dataset, device, config["tta"], NORM)
-    emit({"type": "done", "rank": rank, "accuracy": report["accuracy"], "eval_split": dataset.val_name,
-          "train_seconds": train_seconds, "weights_digest": weights_digest(model)})
+    card_model = CardModel(state.model, model_card(run.config, state.model, dataset), run.device)
+    calibration = calibrate(card_model, dataset)
+    run.emit({"type": "done", "rank": run.rank, "accuracy": calibration.report["accuracy"],
+              "eval_split": dataset.val_name, "train_seconds": train_seconds,
+              "weights_digest": weights_digest(state.model)})
     card = {}
-    if rank == 0:
-        card = make_card(model, config, dataset, report, state.history, train_seconds,
-                         state.eval_seconds, time.perf_counter() - wall_start, device, amp_dtype, world)
-        card["data"]["extra_images"] = len(dataset.train) - base_train_images if config.get("extra_data") else 0
-        card, novelty_files = fit_novelty_and_measure(model, dict(card, temperature=temperature), dataset,
-                                                      device, val_logits, val_features, config["data"], suite)
-        # the precision and TTA policy the server will use, measured here (speeds: ml.evaluate)
-        card = merged(card, serving_section(model, card, device, dataset.val, Path(config["data"]) / ".cache",
-                                            speed=False))
-        write_model_dir(out_dir, model, card, {**gallery_files(dataset.val.images, report, dataset.train,
-                                                               dataset.classes), **novelty_files})
-        if checkpoint_path and Path(checkpoint_path).is_file():
-            os.remove(checkpoint_path)
-    finish_distributed(world)
+    if run.rank == 0:
+        card_model = card_model.with_card(**run_record(run, state, calibration.report, train_seconds))
+        card_model.card["data"]["extra_images"] = extra_images
+        card = finish(out_dir, card_model, dataset, calibration,
+                      FinishSettings(run.config["data"], suite=settings.suite, serving=True))
+        if settings.checkpoint and Path(settings.checkpoint).is_file():
+            os.remove(settings.checkpoint)
+    finish_distributed(run.world)
     return card
 
 
-def build_parser():
-    p = argparse.ArgumentParser(description="Train a CIFAR-10 classifier; writes a model folder "
-                                "(model.safetensors + card.json).")
-    p.add_argument("--preset", default="fast", choices=sorted(PRESETS),
-                   help="recipe: seed (the tutorial), fast (default), best (the shipped model), "
-                        "sgd (airbench94's all-SGD recipe)")
-    p.add_argument("--data", default="data", help="dataset root: cifar-10-batches-py or class folders")
-    p.add_argument("--download", action="store_true",
-                   help="download the official CIFAR-10 into --data first if it holds no dataset")
-    p.add_argument("--out", default=None, help="model folder to write (default runs/<preset>-<time>)")
-    p.add_argument("--checkpoint", default=None,
-                   help="resume checkpoint written on SIGTERM (default <out>.resume.pt)")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
-    p.add_argument("--events", default=None, help="also append every progress record to this JSON-lines file")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    p.add_argument("--seed", type=int, default=0, help="random seed for init, shuffling and augmentation")
-    p.add_argument("--limit", type=int, default=None, help="train on at most N images (smoke runs)")
-    p.add_argument("--suite", action=argparse.BooleanOptionalAction, default=True,
-                   help="end by measuring the robustness suite and far-out sets into the card (minutes)")
-    p.add_argument("--classes", nargs="+", default=None,
-                   help="train on these classes only (the open-set protocol; default: all)")
-    p.add_argument("--val-size", type=int, default=5000, help="images held out for validation")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
-    p.add_argument("--extra-data", default=None,
-                   help="image folder (<class>/*.png) added to the training images, e.g. reviewed user "
-                        "photos; evaluation is unchanged (default: none)")
-    p.add_argument("--init-from", default=None,
-                   help="model folder to start from: its architecture and weights, and unless --epochs/--lr "
-                        f"are given {FINETUNE_EPOCHS} epochs at {FINETUNE_LR_SCALE}x the preset's learning "
-                        "rates (default: a fresh model)")
-    add_hyperparameter_flags(p)
-    return p
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = resolve_config(args)
-    out = Path(args.out or f"runs/{args.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    checkpoint = Path(args.checkpoint) if args.checkpoint else out.with_name(out.name + ".resume.pt")
-    events = open(args.events, "a") if args.events else None
-
-    def emit(record):
-        print(terminal_line(record), flush=True)
-        if events:
-            events.write(json.dumps(record) + "\n")
-            events.flush()
-
-    stop = StopFlag()
-    stop.install()
-    try:
-        card = train(config, out, checkpoint, args.resume, args.device, emit, stop, args.download, args.suite)
-    except DownloadError as error:
-        sys.exit(str(error))
-    if card is None:
-        sys.exit(EXIT_STOPPED)
-    if card:
-        print(f"wrote {out}: {card['evaluation']['split']} accuracy {card['evaluation']['accuracy']:.4f} "
-              f"in {card['training']['train_seconds']:.0f}s of training")
-
-
-if __name__ == "__main__":
-    main()
+def train(config: dict, out_dir, settings: RunSettings = None, emit=print, stop: StopFlag = None):
+    """Train per `config` and write the model folder `out_dir`. Returns the card ({} on ranks
+    other than 0), or None when stopped early (a resume checkpoint is then at settings.checkpoint)."""
+    settings = settings or RunSettings()
+    run = start_run(config, settings.device, emit, stop)
+    torch.manual_seed(config["seed"])
+    dataset, client_bank, base_train_images = training_data(config, settings.download, run.rank, run.world)
+    if run.world > 1 and config["batch_size"] % run.world:
+        raise ValueError(f"batch size {config['batch_size']} is not divisible by {run.world} processes")
+    state = new_state(run, dataset)
+    if settings.resume and settings.checkpoint and Path(settings.checkpoint).is_file():
+        state.from_checkpoint(load_checkpoint(settings.checkpoint, config))
+        emit({"type": "resumed", "epoch": state.epoch + 1, "global_step": state.global_step})
+    if not train_epochs(run, state, dataset, client_bank, settings.checkpoint):
+        return None
+    extra_images = len(dataset.train) - base_train_images if config.get("extra_data") else 0
+    return finish_run(run, state, dataset, out_dir, settings, extra_images)

@@ -61,11 +61,6 @@ PRESETS = {
 }
 
 
-def arch_kwargs(config: dict) -> dict:
-    """The architecture's constructor arguments that a config sets (and a card records)."""
-    return {"widths": config["widths"]} if config["arch"] == "airnet" else {}
-
-
 def _boolean(text: str) -> bool:
     return text.lower() in ("1", "true", "yes")
 

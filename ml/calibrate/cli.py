@@ -1,0 +1,52 @@
+"""Refit the temperature and the novelty threshold of an existing model folder, re-measure the
+suite and rewrite the folder (ml/calibrate/finish.py, the step a training run ends with):
+
+    python -m ml.calibrate --model models/default --data data
+"""
+
+import argparse
+
+from ml.calibrate.finish import FinishSettings, calibrate, finish
+from ml.nets.cardmodel import CardModel
+from ml.nets.device import pick_device
+from ml.nets.novelty import DEFAULT_KEEP_SHARE, DEFAULT_METHOD, ENERGY_TEMPERATURE, METHODS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ml.calibrate", description="Fit the temperature of a model "
+                                     "folder on its validation split and rewrite its card and report.")
+    parser.add_argument("--model", required=True, help="model folder to calibrate (rewritten atomically)")
+    parser.add_argument("--data", default="data", help="the dataset the model was trained on")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    parser.add_argument("--fit-on", default="shifted", choices=["clean", "shifted"],
+                        help="fit the temperature on the validation split alone, or with the "
+                             "calibration mix of client round trips and corruptions (default)")
+    parser.add_argument("--novelty-method", default=DEFAULT_METHOD, choices=METHODS,
+                        help="the 'none of these' score (docs/model.md: chosen by measurement)")
+    parser.add_argument("--energy-temperature", type=float, default=ENERGY_TEMPERATURE,
+                        help="temperature t of the energy score -t * logsumexp(logits / t), on the "
+                             "calibrated logits (docs/model.md: chosen by measurement; 1 is Liu et al.'s)")
+    parser.add_argument("--suite", action=argparse.BooleanOptionalAction, default=True,
+                        help="re-measure the robustness suite and far-out sets into the card (minutes); "
+                             "--no-suite refits the temperature and the novelty threshold only")
+    parser.add_argument("--keep-share", type=float, default=DEFAULT_KEEP_SHARE,
+                        help="share of validation images that stay recognised at the threshold")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    card_model = CardModel.load(args.model, pick_device(args.device))
+    dataset = card_model.dataset(args.data)
+    before = card_model.card["evaluation"]["ece"]
+    calibration = calibrate(card_model, dataset, shifted=args.fit_on == "shifted")
+    settings = FinishSettings(args.data, suite=args.suite, novelty_method=args.novelty_method,
+                              keep_share=args.keep_share, energy_temperature=args.energy_temperature)
+    novelty = finish(args.model, card_model, dataset, calibration, settings)["novelty"]
+    report = calibration.report
+    print(f"{args.model}: temperature {calibration.temperature:.3f}, ECE {before:.4f} -> {report['ece']:.4f}, "
+          f"accuracy {report['accuracy']:.4f}; novelty {novelty['method']} threshold {novelty['threshold']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
