@@ -58,12 +58,13 @@ def throughput(images, preset, batch_size, precision, seconds, overrides=None):
     if precision == "bf16" and amp is None:
         return None  # this CPU has no bf16 support
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # as ml.train on CPU: no fp16
+    state = TrainState(model, optimizer, scaler, None)
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 10, (batch_size,))
 
     def step(i):
         start = (i * batch_size) % (len(images) - batch_size)
-        train_step(model, optimizer, scaler, images[start:start + batch_size], labels, config, generator, amp)
+        train_step(model, state, (images[start:start + batch_size], labels), config, generator, amp)
 
     step(0)  # warm-up
     done, i, begin = 0, 1, time.perf_counter()
@@ -77,7 +78,7 @@ def throughput(images, preset, batch_size, precision, seconds, overrides=None):
 def time_to_accuracy(data, thresholds):
     records = []
     args = build_parser().parse_args(["--preset", "fast", "--data", str(data)])
-    card = train(resolve_config(args), Path("runs/bench-fast"), emit=records.append, suite=False)
+    card = train(resolve_config(args), Path("runs/bench-fast"), RunSettings(suite=False), emit=records.append)
     epochs = [r for r in records if r["type"] == "epoch"]
     reached = {t: next((r["elapsed_s"] for r in epochs if r["val_accuracy"] >= t), None) for t in thresholds}
     return card, epochs, reached
