@@ -3,19 +3,16 @@
 Two kinds, both reproducible for a seed:
 - the serving path (`client_bank`, `client_mix`): a training image upscaled with a random filter to
   96-320 px, sometimes letterboxed, saved as PNG, JPEG or WebP at a random quality and decoded by
-  `ml.images.decode_image` (JPEG draft mode included), exactly as an upload is. That needs Pillow,
+  `ml.data.images.decode_image` (JPEG draft mode included), exactly as an upload is. That needs Pillow,
   so a bank of such round trips is made once (two per image, about 3 ms each) and cached beside
   the dataset cache; each epoch swaps a share of the images for one of their round trips.
 - natural-photo changes (`photo_augment`): random-resized crops, colour and contrast jitter,
   greyscale, blur and sensor noise, cutout; batched tensor ops on the training device.
-- resampling twins (`resampled`) for the consistency loss of ml/train.py: a share of the batch
+- resampling twins (`resampled`) for the consistency loss of ml/train/loop.py: a share of the batch
   again, upscaled and area-averaged back down on the training device.
 """
 
-import hashlib
-import io
 import math
-import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 
@@ -23,11 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
 from ml.data.batches import augment, normalize
 from ml.data.sources import Split
-from ml.data.images import decode_image
+from ml.data.cache import cached_tensors, content_key
+from ml.data.images import decode_image, encode_image
 
 BANK_FORMAT = 1          # bump when the round trip changes, so cached banks are rebuilt
 BANK_COPIES = 2          # round trips kept per training image
@@ -63,10 +60,8 @@ def client_round_trip(array_hwc: np.ndarray, rng: random.Random) -> np.ndarray:
         frame.paste(image, ((frame.width - size) // 2, 0))
         image = frame
     fmt = rng.choice(FORMATS)
-    buffer = io.BytesIO()
     quality = {} if fmt == "PNG" else {"quality": rng.randint(*QUALITY_RANGE)}
-    image.save(buffer, fmt, **ENCODER_OPTIONS[fmt], **quality)
-    return decode_image(buffer.getvalue())
+    return decode_image(encode_image(image, fmt, **ENCODER_OPTIONS[fmt], **quality))
 
 
 def _round_trips(job):
@@ -87,16 +82,8 @@ def build_client_bank(images: torch.Tensor, seed: int = 0, workers: int = 2, chu
 
 def cached_client_bank(images: torch.Tensor, cache_dir, seed: int = 0, workers: int = 2) -> torch.Tensor:
     """`build_client_bank`, cached by the images' content and the seed."""
-    digest = hashlib.sha256(images.numpy().tobytes() + f"bank{BANK_FORMAT}:{seed}".encode()).hexdigest()[:16]
-    path = cache_dir / f"client-bank-{digest}.safetensors"
-    if path.is_file():
-        return load_file(path)["bank"]
-    bank = build_client_bank(images, seed, workers)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")  # DDP ranks build the same file at once
-    save_file({"bank": bank}, str(tmp))
-    tmp.replace(path)
-    return bank
+    path = cache_dir / f"client-bank-{content_key(images, f'bank{BANK_FORMAT}:{seed}')}.safetensors"
+    return cached_tensors(path, lambda: {"bank": build_client_bank(images, seed, workers)})["bank"]
 
 
 def client_mix(split: Split, bank: torch.Tensor, share: float, seed: int, epoch: int) -> Split:
@@ -239,7 +226,7 @@ def synthetic_outliers(images: torch.Tensor, generator: torch.Generator) -> torc
     """uint8 (N, 3, 32, 32) training images -> float 0..255 images that are none of the classes:
     a third patch-shuffled (object parts in the wrong places), a third pixel-shuffled (the
     colours of a photo, no shapes), a third a magnified few-pixel crop (flat colour and blur).
-    Made from training images only, so the far-out sets (ml/outliers.py) stay unseen."""
+    Made from training images only, so the far-out sets (ml/data/outliers.py) stay unseen."""
     x = images.float()
     kind = torch.randint(0, 3, (len(x),), generator=generator, device=x.device).view(-1, 1, 1, 1)
     out = torch.where(kind == 0, _patch_shuffled(x, generator), _pixel_shuffled(x, generator))
@@ -248,19 +235,18 @@ def synthetic_outliers(images: torch.Tensor, generator: torch.Generator) -> torc
 
 # ---- resampling twins for the consistency loss ----
 
-# An upload scaled up by a client and decoded by ml.images (area averaging, BOX) comes back as a
-# mildly low-passed copy of the image. Measured on the shipped model before this loss (91.5%, no
-# TTA, first 2,000 validation images): its answer changed on 3.6% of them after a bilinear x2-x8
-# upscale and area downscale done this way, on 2.2% after a bicubic one: the suite's worst
-# variants (PNG x3 bilinear agreed 96.8%). Training on such copies with their label (serving_aug)
-# does not ask the answers to agree; the consistency loss does.
+# An upload scaled up by a client and decoded by ml.data.images (area averaging, BOX) comes back as
+# a mildly low-passed copy of the image, and that alone changes a few percent of the answers, as
+# many as the suite's worst variants (docs/experiments/2026-12-02-consistency-loss.md). Training on
+# such copies with their label (serving_aug) does not ask the answers to agree; the consistency
+# loss does.
 RESAMPLE_FACTORS = (2, 3, 4)
 RESAMPLE_MODES = ("bilinear", "bicubic")
 
 
 def resampled(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The normalised batch upscaled xk (bilinear or bicubic; k and the filter drawn once per
-    batch) and area-averaged back to its size, as ml.images decodes an upscaled upload. Both steps
+    batch) and area-averaged back to its size, as ml.data.images decodes an upscaled upload. Both steps
     are linear, so they commute with the normalisation."""
     k, mode = (choices[torch.randint(len(choices), (1,), generator=generator, device=x.device).item()]
                for choices in (RESAMPLE_FACTORS, RESAMPLE_MODES))

@@ -1,7 +1,9 @@
-"""The one photo decoder: bytes or a path in, a 32x32 RGB uint8 array out.
+"""The one photo decoder: bytes or a path in, a 32x32 RGB uint8 array out; and the one encoder,
+for the images ml and the web app make themselves (PNG thumbnails, the client round trips).
 
-Used by training on image folders, by `ml.predict` and so by the web page and the API alike.
-Pixels are counted from the header before any decoding, so a decompression bomb costs nothing.
+The decoder is used by training on image folders, by `ml.predict` and so by the web page and the
+API alike. Pixels are counted from the header before any decoding, so a decompression bomb costs
+nothing.
 """
 
 import io
@@ -81,9 +83,9 @@ def resize_center_crop(image: Image.Image, size: int = 32) -> Image.Image:
     """Resize(size) + CenterCrop(size): shorter side to `size`, then the centre square.
 
     Downscaling averages each output pixel's footprint (Pillow's BOX, OpenCV's INTER_AREA) rather
-    than antialiased bilinear: bilinear's triangle spans two footprints and blurs, so a validation
-    image upscaled x3-x32 and sent back got another answer on 7.8% of the client variants of
-    ml/robustness.py with the previous shipped model; with BOX, on 3.4% (same model, same images).
+    than antialiased bilinear: bilinear's triangle spans two footprints and blurs, and an upscaled
+    photo sent back then gets another answer about twice as often
+    (docs/experiments/2026-12-02-decoder-area-averaging.md).
     Images smaller than `size` are still enlarged bilinearly."""
     width, height = image.size
     if (width, height) != (size, size):
@@ -97,6 +99,16 @@ def resize_center_crop(image: Image.Image, size: int = 32) -> Image.Image:
         top = int(round((height - size) / 2.0))
         image = image.crop((left, top, left + size, top + size))
     return image
+
+
+def encode_image(image, fmt: str = "PNG", **options) -> bytes:
+    """A Pillow image or an (H, W, 3) uint8 array as the bytes of a `fmt` file (Pillow's save
+    `options`, e.g. quality=90)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
 
 
 def decode_image(source, size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -4,10 +4,9 @@ Procedural sets are drawn here from a seed (noise, solid colours, textures, rend
 screenshot-like pages); photos shipped inside Python packages (scikit-image's data module,
 scikit-learn's sample images and digits) are exported to a folder by
 `scripts/export_package_photos.py` in a virtual environment of its own, and cut into crops here.
-Every image is encoded as PNG and decoded by `ml.images.decode_image`, as an upload is.
+Every image is encoded as PNG and decoded by `ml.data.images.decode_image`, as an upload is.
 """
 
-import io
 import random
 from pathlib import Path
 
@@ -15,16 +14,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from ml.data.images import IMAGE_SUFFIXES, decode_image
+from ml.data.images import IMAGE_SUFFIXES, decode_image, encode_image
 
 WORDS = ("invoice total account settings cancel submit password search results page loading "
          "welcome error network download upload profile privacy terms help contact").split()
 
 
 def _decoded(image: Image.Image) -> np.ndarray:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG", compress_level=1)
-    return decode_image(buffer.getvalue())
+    return decode_image(encode_image(image, "PNG", compress_level=1))
 
 
 def _colour(rng):

@@ -2,31 +2,28 @@
 
 - Client variants: each image upscaled x3 to x32 with several filters, saved as PNG, WebP and JPEG
   at several qualities, EXIF-rotated, RGBA, CMYK, letterboxed 3:2 and 4:3, then decoded by
-  `ml.images.decode_image` from the encoded bytes, exactly as an upload is. A model that has only
+  `ml.data.images.decode_image` from the encoded bytes, exactly as an upload is. A model that has only
   seen crisp 32x32 images meets the blur of an upscale-then-antialiased-downscale round trip here.
 - Common corruptions: CIFAR-10-C's (Hendrycks & Dietterich, 2019) at its five severities, with its
   parameters for 32x32 images, written in torch (the `imagecorruptions` package pulls in OpenCV and
-  scikit-image for the same dozen formulas). JPEG goes through Pillow and `ml.images`.
+  scikit-image for the same dozen formulas). JPEG goes through Pillow and `ml.data.images`.
 
 Everything is built from the validation split only and is deterministic for a seed; the client
 variants (Pillow work, about 10 ms an image at x32) are cached beside the dataset cache.
 """
 
-import hashlib
-import io
 import math
 import random
-import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
 from ml.data.augment import client_round_trip
-from ml.data.images import decode_image
+from ml.data.cache import cached_tensors, content_key
+from ml.data.images import decode_image, encode_image
 
 SUITE_FORMAT = 3  # bump when a variant or corruption changes, so cached suites are rebuilt
 EXIF_ORIENTATION = 0x0112
@@ -80,9 +77,7 @@ def encode_client_photo(image: Image.Image, scale: int, resample, fmt: str, qual
         image = letterbox(image, 3 / 2)
     elif extra == "letterbox_4_3":
         image = letterbox(image, 4 / 3)
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
+    return encode_image(image, fmt, **options)
 
 
 def _variants_of(array_hwc: np.ndarray) -> np.ndarray:
@@ -101,16 +96,8 @@ def build_client_variants(images: torch.Tensor, workers: int = 2) -> torch.Tenso
 
 def cached_client_variants(images: torch.Tensor, cache_dir, workers: int = 2) -> torch.Tensor:
     """`build_client_variants`, cached by the images' content: the same split is built once."""
-    digest = hashlib.sha256(images.numpy().tobytes() + f"suite{SUITE_FORMAT}".encode()).hexdigest()[:16]
-    path = cache_dir / f"client-variants-{digest}.safetensors"
-    if path.is_file():
-        return load_file(path)["variants"]
-    variants = build_client_variants(images, workers)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")  # DDP ranks build the same file at once
-    save_file({"variants": variants}, str(tmp))
-    tmp.replace(path)
-    return variants
+    path = cache_dir / f"client-variants-{content_key(images, f'suite{SUITE_FORMAT}')}.safetensors"
+    return cached_tensors(path, lambda: {"variants": build_client_variants(images, workers)})["variants"]
 
 
 # ---- common corruptions (CIFAR-10-C's parameters for 32x32 images) ----
@@ -208,11 +195,7 @@ def _fog(x, c, generator):
 
 def _jpeg(x, quality):
     arrays = (x * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    out = []
-    for array in arrays:
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, "JPEG", quality=quality)
-        out.append(decode_image(buffer.getvalue()))
+    out = [decode_image(encode_image(array, "JPEG", quality=quality)) for array in arrays]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
 

@@ -7,16 +7,15 @@ DataLoader.
 """
 
 import hashlib
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from ml import CIFAR10_CLASSES
+from ml.data.cache import cached_tensors
 from ml.data.images import IMAGE_SUFFIXES, decode_image
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean/std of CIFAR-10 training images, 0..1
@@ -182,15 +181,13 @@ def _read_image_folder(root: Path, classes, cache_dir: Path) -> Split:
     if not listing:
         raise FileNotFoundError(f"no images in class folders under {root}")
     cache = cache_dir / f"{root.name}-{_fingerprint(listing)}.safetensors"
-    if cache.is_file():
-        tensors = load_file(cache)
-        return Split(tensors["images"], tensors["labels"])
-    split = _decode_folder(listing, classes)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    save_file({"images": split.images, "labels": split.labels}, str(tmp))
-    os.replace(tmp, cache)
-    return split
+
+    def decode():
+        split = _decode_folder(listing, classes)
+        return {"images": split.images, "labels": split.labels}
+
+    tensors = cached_tensors(cache, decode)
+    return Split(tensors["images"], tensors["labels"])
 
 
 def _folder_classes(*roots):
@@ -221,7 +218,7 @@ def load_dataset(root, val_size: int = DEFAULT_VAL_SIZE, split_seed: int = DEFAU
     folders, optionally under train/ and test/. With a test split, evaluation uses it;
     otherwise a stratified validation split of `val_size` images is held out from training.
     `limit` keeps at most that many training images (stratified too) for smoke runs.
-    ml.download fetches CIFAR-10 into `root` on a machine that has no copy.
+    ml.data.download fetches CIFAR-10 into `root` on a machine that has no copy.
     """
     root = Path(root)
     cache_dir = Path(cache_dir) if cache_dir else root / ".cache"

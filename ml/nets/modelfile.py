@@ -7,19 +7,15 @@ refused with an error naming it.
 """
 
 import hashlib
-import io
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save, save_file
 
-from ml.data.files import sha256_file, write_json_atomic
+from ml.data.files import atomic_folder, sha256_file, write_json_atomic
+from ml.data.images import encode_image
 from ml.nets.models import build_model
 
 WEIGHTS_FILE = "model.safetensors"
@@ -38,10 +34,7 @@ def write_model_dir(path, model: torch.nn.Module, card: dict, extra_files: dict 
 
     `extra_files` maps relative names to bytes (e.g. gallery thumbnails).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    with atomic_folder(path) as staging:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE))
         card = dict(card, format=CARD_FORMAT, weights_sha256=sha256_file(staging / WEIGHTS_FILE))
@@ -50,26 +43,11 @@ def write_model_dir(path, model: torch.nn.Module, card: dict, extra_files: dict 
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        for file in staging.rglob("*"):
-            os.chmod(file, 0o755 if file.is_dir() else 0o644)  # mkstemp makes 0600 files
-        os.chmod(staging, 0o755)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return path
+    return Path(path)
 
 
 def _png(array_chw: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array_chw.permute(1, 2, 0).numpy()).save(buffer, "PNG")
-    return buffer.getvalue()
+    return encode_image(array_chw.permute(1, 2, 0).numpy())
 
 
 def gallery_files(images, report, dataset_train, classes, samples_per_class=8) -> dict:

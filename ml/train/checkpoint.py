@@ -6,13 +6,13 @@ torch.load(weights_only=True) and never unpickles arbitrary objects.
 """
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from ml.data.files import atomic_path
 from ml.nets.optim import Lookahead
 
 
@@ -61,9 +61,8 @@ class TrainState:
 def save_checkpoint(path, checkpoint: dict):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, mode=0o644) as tmp:
+        torch.save(checkpoint, tmp)
 
 
 def load_checkpoint(path, config: dict) -> dict:

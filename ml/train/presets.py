@@ -2,7 +2,7 @@
 torch (the web app's job form reads them), and what `python -m ml.train --preset NAME` starts from.
 
 Presets: `seed` (the tutorial, unchanged); `fast` and `best` (airbench94_muon's recipe, on the
-airnet of ml/models.py at two widths); `sgd` (airbench94's all-SGD recipe, the shipped model before
+airnet of ml/nets/models.py at two widths); `sgd` (airbench94's all-SGD recipe, the shipped model before
 Muon).
 """
 
@@ -18,11 +18,11 @@ Muon).
 # `best`, which halves the batch: lr by sqrt(1/2) as for adaptive optimizers, momentum 0.6 ** (1/2)
 # so its average still spans about 5,000 images; SGD's lr halves by the linear rule.
 # Only optimizer="muon" uses them.
-# Photo augmentations (ml/augment.py), each the share of training images it changes: serving_aug
+# Photo augmentations (ml/data/augment.py), each the share of training images it changes: serving_aug
 # swaps an image for a round trip through a client's upload path, crop_aug takes a random-resized
 # crop, colour_aug jitters brightness, contrast and saturation (some go grey), blur_aug blurs and
 # adds sensor noise, cutout_aug blanks a square. Outlier exposure (Hendrycks et al., 2019) adds
-# outlier_share x batch synthetic outliers made from training images (ml/augment.py) whose target
+# outlier_share x batch synthetic outliers made from training images (ml/data/augment.py) whose target
 # is the uniform distribution, weighted by outlier_weight (the paper's 0.5), so the model learns
 # to be unsure of what is none of the classes. consistency weights a Jensen-Shannon loss (AugMix's;
 # the paper's weight is 12) between the first consistency_share x batch images and resampled twins
@@ -47,8 +47,8 @@ PRESETS = {
         lookahead=True, flip=True, translate=2, tta=2, precision="auto", **NO_ROBUSTNESS_TRAINING),
     "best": dict(  # the fast recipe on a wider net, 18 epochs at half the batch, trained on photos as
         # clients send them and shown synthetic outliers: the shipped model (docs/model.md).
-        # 18 epochs, not 12: with the photo augmentations, 12 epochs reached 91.54% (TTA 2), 14 reached
-        # 91.82%, 18 reached 92.26% on the same seed and split, and every robustness figure rose too.
+        # 18 epochs: with the photo augmentations, shorter schedules ended less accurate and less robust
+        # (docs/experiments/2026-12-03-best-18-epochs.md).
         # No label smoothing: on the open-set protocol's 8-class models (scripts/open_set.py, 8 epochs)
         # smoothing 0.2 -> 0 raised the held-out classes' AUROC 0.787 -> 0.815 (airplane + truck)
         # for 0.2 points of 8-class accuracy; smoothing squeezes the logits of what the model knows
@@ -65,49 +65,46 @@ def _boolean(text: str) -> bool:
     return text.lower() in ("1", "true", "yes")
 
 
+AUGMENTATIONS = {"serving": "swapped for a round trip through a client's upload path",
+                 "crop": "given a random-resized crop", "colour": "colour- and contrast-jittered",
+                 "blur": "blurred and given sensor noise", "cutout": "given a blank square"}
+# One flag per preset key, in --help order: (name, type, or choices, or (type, count); help).
+HYPERPARAMETER_FLAGS = [
+    ("precision", ["auto", "fp32", "bf16", "fp16"], "autocast dtype; auto = bf16 where supported"),
+    ("arch", ["seednet", "airnet"], "architecture"), ("widths", (int, 3), "airnet conv group widths"),
+    ("epochs", int, "training epochs"), ("batch-size", int, "global batch size (images)"),
+    ("optimizer", ["sgd", "muon"], "sgd for every parameter, or muon for conv filters and sgd for the rest"),
+    ("lr", float, "SGD learning rate for the batch-mean loss"), ("momentum", float, "SGD momentum"),
+    ("nesterov", _boolean, "Nesterov momentum (true/false)"),
+    ("weight-decay", float, "SGD weight decay (decay = lr * wd)"),
+    ("muon-lr", float, "Muon step size for conv filters"), ("muon-momentum", float, "Muon's Nesterov momentum"),
+    ("schedule", ["constant", "airbench", "linear"],
+     "learning-rate schedule: constant, airbench (warm-up then decay), linear (to 0)"),
+    ("label-smoothing", float, "label smoothing, 0..1"),
+    ("bias-lr-scale", float, "learning-rate multiplier for BN shifts"),
+    ("whiten-bias-epochs", int, "epochs during which the whitening layer's bias trains"),
+    ("lookahead", _boolean, "lookahead weight averaging (true/false)"),
+    ("flip", _boolean, "horizontal flips, alternating per epoch (true/false)"),
+    ("translate", int, "random translation in pixels"),
+    *((f"{name}-aug", float, f"share of training images {what}, 0..1 (ml/data/augment.py)")
+      for name, what in AUGMENTATIONS.items()),
+    ("outlier-share", float, "synthetic outliers added per batch, as a share of the batch (outlier exposure)"),
+    ("outlier-weight", float, "weight of the outliers' uniform-target loss"),
+    ("consistency", float, "weight of the Jensen-Shannon loss between images and their resampled twins (0 = off)"),
+    ("consistency-share", float, "share of each batch given a resampled twin for the consistency loss, 0..1"),
+    ("tta", [0, 1, 2], "test-time augmentation for the final report and serving"),
+]
+
+
 def add_hyperparameter_flags(p):
-    """One flag per preset key; a flag given overrides the preset's value."""
-    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast dtype; auto = bf16 where supported")
-    p.add_argument("--arch", default=None, choices=["seednet", "airnet"], help="architecture")
-    p.add_argument("--widths", type=int, nargs=3, default=None, help="airnet conv group widths")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size (images)")
-    p.add_argument("--optimizer", default=None, choices=["sgd", "muon"],
-                   help="sgd for every parameter, or muon for conv filters and sgd for the rest")
-    p.add_argument("--lr", type=float, default=None, help="SGD learning rate for the batch-mean loss")
-    p.add_argument("--momentum", type=float, default=None, help="SGD momentum")
-    p.add_argument("--nesterov", type=_boolean, default=None,
-                   help="Nesterov momentum (true/false)")
-    p.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay (decay = lr * wd)")
-    p.add_argument("--muon-lr", type=float, default=None, help="Muon step size for conv filters")
-    p.add_argument("--muon-momentum", type=float, default=None, help="Muon's Nesterov momentum")
-    p.add_argument("--schedule", default=None, choices=["constant", "airbench", "linear"],
-                   help="learning-rate schedule: constant, airbench (warm-up then decay), linear (to 0)")
-    p.add_argument("--label-smoothing", type=float, default=None, help="label smoothing, 0..1")
-    p.add_argument("--bias-lr-scale", type=float, default=None, help="learning-rate multiplier for BN shifts")
-    p.add_argument("--whiten-bias-epochs", type=int, default=None,
-                   help="epochs during which the whitening layer's bias trains")
-    p.add_argument("--lookahead", type=_boolean, default=None,
-                   help="lookahead weight averaging (true/false)")
-    p.add_argument("--flip", type=_boolean, default=None,
-                   help="horizontal flips, alternating per epoch (true/false)")
-    p.add_argument("--translate", type=int, default=None, help="random translation in pixels")
-    for name, what in (("serving", "swapped for a round trip through a client's upload path"),
-                       ("crop", "given a random-resized crop"), ("colour", "colour- and contrast-jittered"),
-                       ("blur", "blurred and given sensor noise"), ("cutout", "given a blank square")):
-        p.add_argument(f"--{name}-aug", type=float, default=None,
-                       help=f"share of training images {what}, 0..1 (ml/augment.py)")
-    p.add_argument("--outlier-share", type=float, default=None,
-                   help="synthetic outliers added per batch, as a share of the batch (outlier exposure)")
-    p.add_argument("--outlier-weight", type=float, default=None,
-                   help="weight of the outliers' uniform-target loss")
-    p.add_argument("--consistency", type=float, default=None,
-                   help="weight of the Jensen-Shannon loss between images and their resampled twins (0 = off)")
-    p.add_argument("--consistency-share", type=float, default=None,
-                   help="share of each batch given a resampled twin for the consistency loss, 0..1")
-    p.add_argument("--tta", type=int, default=None, choices=[0, 1, 2],
-                   help="test-time augmentation for the final report and serving")
+    """One flag per preset key (HYPERPARAMETER_FLAGS); a flag given overrides the preset's value."""
+    for name, kind, text in HYPERPARAMETER_FLAGS:
+        if isinstance(kind, list):  # choices, of the type of the first
+            p.add_argument(f"--{name}", type=type(kind[0]), default=None, choices=kind, help=text)
+        elif isinstance(kind, tuple):  # (type, number of values)
+            p.add_argument(f"--{name}", type=kind[0], nargs=kind[1], default=None, help=text)
+        else:
+            p.add_argument(f"--{name}", type=kind, default=None, help=text)
 
 
 def preset_with_flags(args) -> dict:
