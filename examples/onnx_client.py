@@ -2,7 +2,7 @@
 
     python examples/onnx_client.py cifar10-airnet-VERSION.onnx photo.jpg other.png
 
-`decode` is ml/images.py's decoder as the export card states it (docs/export.md);
+`decode` is ml/data/images.py's decoder as the export card states it (docs/export.md);
 tests/test_ml_export.py checks that `decode` and `classify` give the site's answers.
 """
 

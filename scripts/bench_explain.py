@@ -82,7 +82,7 @@ def steps_row(predictor, arrays, labels, steps) -> tuple:
 
 
 def tta_seconds(predictor, arrays, labels, steps) -> float:
-    """Median time of the map through the card's TTA (what ml.explain does not do), a few photos."""
+    """Median time of the map through the card's TTA (what ml.predict.explain does not do), a few photos."""
     integrated = IntegratedGradients(lambda x: tta_logits(predictor.model, x, predictor.tta))
 
     def attribute(array, label):

@@ -43,7 +43,7 @@ def main():
     decode_ms = per_image_ms(lambda chunk: [predictor.decode(b) for b in chunk], blobs, 1, args.seconds)
     print(f"{len(blobs)} client photos, 1 torch thread, model {args.model}")
     print("| step | ms per photo |\n|---|---|")
-    print(f"| decode (ml.images, as served) | {decode_ms:.2f} |")
+    print(f"| decode (ml.data.images, as served) | {decode_ms:.2f} |")
     for batch in BATCH_SIZES:
         forward_ms = per_image_ms(predictor.predict_arrays, arrays, batch, args.seconds)
         print(f"| forward, {batch} per pass | {forward_ms:.2f} |")

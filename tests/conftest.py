@@ -30,7 +30,7 @@ def screenshot_path(name: str) -> str:
     return str(folder / name)
 
 
-# A card "novelty" section (ml/novelty.py) for fixture models: an untrained net's top probability
+# A card "novelty" section (ml/nets/novelty.py) for fixture models: an untrained net's top probability
 # is far below 1, so with the msp score (minus it) a threshold of -1 recognises no photo at all.
 REFUSE_EVERYTHING = {"method": "msp", "threshold": -1.0, "keep_share": 0.95, "fitted_on": "no images (a fixture)"}
 

@@ -239,7 +239,7 @@ def robustness_part():
 
 
 def novelty_part():
-    """A card's "none of these" section (ml/novelty.py) with known numbers."""
+    """A card's "none of these" section (ml/nets/novelty.py) with known numbers."""
     def detection(sets):
         return {"known_images": 5000, "known_recognised": 0.9512,
                 "sets": {name: {"images": 300, "auroc": {"msp": msp, "energy": 0.61, "knn": knn}, "refused": refused}

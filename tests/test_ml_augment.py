@@ -1,4 +1,4 @@
-"""ml.augment: the serving-path round-trip bank and the batched photo augmentations."""
+"""ml.data.augment: the serving-path round-trip bank and the batched photo augmentations."""
 
 import io
 
@@ -207,7 +207,7 @@ def test_client_mix_swaps_about_the_share_for_round_trips_of_the_same_image():
 
 
 def test_a_resampled_twin_is_pillows_upscale_and_area_downscale(monkeypatch):
-    """The twin is what ml.images makes of a client's bilinear x3 upscale (BOX downscale)."""
+    """The twin is what ml.data.images makes of a client's bilinear x3 upscale (BOX downscale)."""
     monkeypatch.setattr(ml.data.augment, "RESAMPLE_FACTORS", (3,))
     monkeypatch.setattr(ml.data.augment, "RESAMPLE_MODES", ("bilinear",))
     images = uint8_images(4)

@@ -1,4 +1,4 @@
-"""ml.download and `python -m ml.train --download`: the wiring, on a tiny fake archive (no network)."""
+"""ml.data.download and `python -m ml.train --download`: the wiring, on a tiny fake archive (no network)."""
 
 import json
 import pickle

@@ -1,4 +1,4 @@
-"""ml/explain.py on fixture models: the map's shape, range and determinism, that it follows the
+"""ml/predict/explain.py on fixture models: the map's shape, range and determinism, that it follows the
 input and the explained class (a model that reads only one corner per class), the overlay's
 colours, and that an explanation waits for the model's lock like a forward pass."""
 

@@ -1,4 +1,4 @@
-"""ml.libc: training keeps freed activation memory instead of faulting it in again every step."""
+"""ml.train.libc: training keeps freed activation memory instead of faulting it in again every step."""
 
 import json
 import subprocess

@@ -1,4 +1,4 @@
-"""ml.models and ml.modelfile: architectures, model folders, refusing damaged weights."""
+"""ml.nets.models and ml.nets.modelfile: architectures, model folders, refusing damaged weights."""
 
 import json
 

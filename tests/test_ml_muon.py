@@ -1,4 +1,4 @@
-"""ml.muon: the orthogonalized update, the SGD groups, and how presets split parameters."""
+"""ml.nets.muon: the orthogonalized update, the SGD groups, and how presets split parameters."""
 
 import pytest
 import torch

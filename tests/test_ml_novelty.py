@@ -1,4 +1,4 @@
-"""ml.novelty and what it stands on: scores, AUROC, the threshold, the feature bank and its file,
+"""ml.nets.novelty and what it stands on: scores, AUROC, the threshold, the feature bank and its file,
 the open-set split (Dataset.only_classes), and the features tta_outputs gives."""
 
 import math

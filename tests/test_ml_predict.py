@@ -1,4 +1,4 @@
-"""ml.images and ml.predict: every listed format and mode, EXIF, limits, the CLI."""
+"""ml.data.images and ml.predict: every listed format and mode, EXIF, limits, the CLI."""
 
 import io
 import json

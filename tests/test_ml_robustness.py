@@ -1,4 +1,4 @@
-"""ml.robustness: client variants decoded through ml.images, CIFAR-10-C-style corruptions, subsets."""
+"""ml.data.robustness: client variants decoded through ml.data.images, CIFAR-10-C-style corruptions, subsets."""
 
 import io
 
@@ -71,7 +71,7 @@ def test_exif_rotated_variant_decodes_upright():
     stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((32, 32), Image.BOX))
     decoded = decode_image(data)
     assert mean_difference(stored, np.rot90(image)) < 6  # the pixels are stored turned left ...
-    assert mean_difference(decoded, image) < 3  # ... and ml.images turns them back
+    assert mean_difference(decoded, image) < 3  # ... and ml.data.images turns them back
     assert mean_difference(decoded, np.rot90(image)) > 10 * mean_difference(decoded, image)
 
 
