@@ -3,15 +3,13 @@ format, count, decoding) and against the per-client rate limit before anything i
 kept as webapp.lifecycle.feedback describes."""
 
 import hashlib
-import io
 
 import numpy as np
 from flask import request
 from PIL import Image
 
-from ml.data.images import open_image, to_rgb
+from ml.data.images import encode_image, open_image, to_rgb
 from webapp.core.errors import AppError
-from webapp.core.pictures import png_bytes
 from webapp.core.ratelimit import FEEDBACK_SENDS, client_address
 from webapp.core.site import current_site
 from webapp.lifecycle import feedback
@@ -53,10 +51,8 @@ def reencode(data: bytes, max_pixels: int) -> tuple:
         raise RequestError(400, "corrupt_image", f"the image cannot be read: {error}") from None
     rgb.thumbnail((PHOTO_MAX_SIDE, PHOTO_MAX_SIDE), Image.LANCZOS)
     pixels = np.asarray(rgb, dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=JPEG_QUALITY)
     digest = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
-    return buffer.getvalue(), digest
+    return encode_image(pixels, "JPEG", quality=JPEG_QUALITY), digest
 
 
 def submit() -> tuple:
@@ -72,7 +68,7 @@ def submit() -> tuple:
     predicted, version = _field("predicted"), _field("version")
     array = decode_all(predictor, files)[0]  # the 32x32 input, exactly as a prediction decodes it
     jpg, digest = reencode(files[0][1], predictor.max_pixels)
-    photo = {"hash": digest, "jpg": jpg, "png": png_bytes(array)}
+    photo = {"hash": digest, "jpg": jpg, "png": encode_image(array)}
     # the row and, for a new photo, its two files, all under the database's write lock (so a send
     # refused by the rate limit there writes nothing); a duplicate only counts one more send
     with site.database() as conn, write_transaction(conn):

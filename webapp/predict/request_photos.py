@@ -13,10 +13,9 @@ import posixpath
 from flask import Request, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ml.data.images import ImageError
+from ml.data.images import ImageError, encode_image
 from webapp.core.errors import AppError
 from webapp.core.metrics import count_predictions
-from webapp.core.pictures import png_bytes
 from webapp.predict.batching import batcher
 from webapp.predict.serving import current_predictor
 
@@ -92,7 +91,7 @@ def model_identity(predictor) -> dict:
 def model_view(array) -> str:
     """32x32 pixels (what the model saw, or a map drawn from them) as a PNG data URL: re-encoded
     here, never the uploaded bytes."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(array)).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(encode_image(array)).decode("ascii")
 
 
 def classify_request(fields=("image",), max_files: int | None = None):
