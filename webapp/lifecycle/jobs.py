@@ -2,8 +2,9 @@
 
 A job runs as its own process group, never in a web worker: `start()` inserts the job row under
 a write transaction that refuses a second queued/running job (a cross-process guarantee), then
-spawns `python -m webapp.lifecycle.jobrunner <db> <id>` in a new session. The runner starts the trainer
-(`python -m ml.train`, or torchrun) and copies its JSON records and log lines into the database.
+spawns `python -m webapp.lifecycle.jobrunner <db> <id>` in a new session. The runner starts the
+trainer (`python -m ml.train`, or torchrun) and copies its JSON records and log lines into the
+database. The public functions take the `Site` (instance folder and settings) they work on.
 Every reader but the /metrics count first reconciles: a queued/running job whose runner process
 is gone is marked failed with the last lines of its log, so no job stays `running` forever.
 """
