@@ -1,4 +1,5 @@
-"""The CNN side of the product: data, models, training, evaluation, model files, inference.
+"""The CNN side of the product, by stage: data/ (images in), nets/ (the networks and a model with
+its card), train/, evaluate/, calibrate/ (the finished model folder), predict/, export/.
 
 Nothing here imports the web app; the web app calls a few functions from here.
 """

@@ -7,7 +7,7 @@ rows compare with each other even on a shared, noisy machine; the tutorial's set
 batch 5, fp32) is the baseline row. Each step is ml.train's own `train_step` with the row's preset
 (its translation and label smoothing), at the preset's base learning rate. The allocator column
 compares glibc's default, which unmaps and page-faults large buffers every step, with
-ml.libc.keep_freed_memory() as ml.train uses it.
+ml.train.libc.keep_freed_memory() as ml.train uses it.
 """
 
 import argparse
