@@ -37,7 +37,8 @@ http {{
 
 
 def nginx_binary():
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    """nginx on PATH, else Debian's (root's PATH has /usr/sbin, a user's may not); None without it."""
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
 
 
 def render_site(listen: str, web_hosts: list, fail_timeout_s: int = 5) -> str:
