@@ -117,3 +117,27 @@ def test_cleaning_up_after_a_worker_logs_instead_of_raising(tmp_path, monkeypatc
     monkeypatch.setitem(graceful._master, "run_folder", str(tmp_path))
     graceful.worker_gone(arbiter, 1234)  # must not raise: it runs in the master's signal handler
     assert arbiter.logged and "1234" in str(arbiter.logged[0])
+
+
+def test_a_worker_that_exits_while_the_server_drains_is_replaced(monkeypatch):
+    """Recycled workers used to be replaced only after the drain: two of them left nobody to accept,
+    and what was queued in the listener was reset when it closed (seen in CI)."""
+    monkeypatch.setattr(graceful, "_DRAIN_FLAG", bytearray(1))
+    arbiter, calls = fake_arbiter([1, 2]), []
+    arbiter.manage_workers = lambda: calls.append(time.monotonic())
+    with pytest.raises(StopIteration):  # then gunicorn's own graceful stop
+        graceful.drain_then_stop(arbiter, 0.5)
+    assert graceful.draining()
+    assert len(calls) >= 3 and calls[-1] - calls[0] >= 0.3  # throughout the drain, not once
+
+
+def test_a_draining_worker_stops_recycling(monkeypatch):
+    monkeypatch.setattr(graceful, "_DRAIN_FLAG", bytearray(1))
+    worker = SimpleNamespace(max_requests=100, nr_conns=0, worker_connections=1000, futures=set(),
+                             notify=lambda: None, poller=SimpleNamespace(select=lambda wait_s: []),
+                             is_parent_alive=lambda: True, murder_keepalived=lambda: None)
+    graceful.DrainingThreadWorker.serve_once(worker, wait_s=0)
+    assert worker.max_requests == 100
+    graceful.start_draining()
+    graceful.DrainingThreadWorker.serve_once(worker, wait_s=0)
+    assert worker.max_requests > 10**9

@@ -27,6 +27,7 @@ photos (scripts/bench_reload.py, docs/operations.md):
 
 import mmap
 import selectors
+import sys
 import time
 from concurrent import futures
 from functools import partial
@@ -103,6 +104,11 @@ class DrainingThreadWorker(ThreadWorker):
     def serve_once(self, wait_s: float = 1.0):
         """One turn of gthread's loop: accept, start requests that arrived, collect finished ones."""
         self.notify()
+        if draining():
+            # No recycling while the server drains: the master replaces a recycled worker only after
+            # its drain, so two workers reaching max_requests then left nobody to accept, and the
+            # connections queued in the listener were reset when it closed (CI, 16 resets).
+            self.max_requests = sys.maxsize
         if self.nr_conns < self.worker_connections:
             for key, _ in self.poller.select(wait_s):
                 key.data(key.fileobj)
@@ -237,5 +243,8 @@ def drain_then_stop(arbiter, seconds: float) -> None:
     """The master's SIGTERM handler: /readyz 503 everywhere, keep serving `seconds`, then stop."""
     start_draining()
     arbiter.log.info("draining: /readyz answers 503; stopping in %.1f s", seconds)
-    time.sleep(seconds)  # workers go on serving meanwhile; SIGCHLD is still handled
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # workers go on serving; SIGCHLD is still handled
+        arbiter.manage_workers()  # a worker that exited meanwhile is replaced, as in the master's loop
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
     raise StopIteration  # gunicorn's own graceful stop: close the listener, TERM the workers
