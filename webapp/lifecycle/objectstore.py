@@ -325,13 +325,16 @@ class S3Store(ObjectStore):
     @contextmanager
     def errors(self, key: str = None):
         """botocore's failures as ours: 404 (NoSuchKey) -> ObjectMissing(key); a failed condition
-        (If-None-Match) -> ObjectExists(key); anything else -> StoreUnavailable naming the URL."""
+        (If-None-Match) -> ObjectExists(key); anything else, NoSuchBucket included, -> StoreUnavailable
+        naming the URL. (HEAD answers a bare 404 for a missing bucket too, so exists() says False there.)"""
         from botocore.exceptions import BotoCoreError, ClientError
         try:
             yield
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "NoSuchBucket":  # a misconfigured store, not a missing object
+                raise StoreUnavailable(self.url, error) from None
             if key is not None and (code in ("404", "NoSuchKey", "NotFound") or status == 404):
                 raise ObjectMissing(key) from None
             if key is not None and (code in ("412", "PreconditionFailed") or status == 412):
