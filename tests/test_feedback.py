@@ -14,7 +14,6 @@ from conftest import image_bytes
 from ml.predict.predictor import Predictor
 from webapp import create_app
 from webapp.lifecycle import feedback
-from webapp.lifecycle.db import database
 from webapp.lifecycle.site import Site
 
 CAMERA = "SecretCam 3000"
@@ -59,7 +58,7 @@ def send(client, data=None, label="cat", filename="photo.jpg", **fields):
 
 def stored(app) -> tuple:
     """(rows of the feedback table, files in the feedback folder)."""
-    with database(app.instance_path) as conn:
+    with Site.of(app).database() as conn:
         rows = conn.execute("SELECT * FROM feedback").fetchall()
     folder = feedback.folder(Site.of(app))
     return rows, sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []

@@ -129,10 +129,9 @@ def test_a_scrape_counts_jobs_without_changing_them(tmp_path, tiny_model_dir):
     (the next reader of the jobs API marks it failed), and nothing is signalled."""
     from webapp import create_app
     from webapp.lifecycle import jobs
-    from webapp.lifecycle.db import database
     from webapp.lifecycle.site import Site
     app = create_app(admin_config(tmp_path, tiny_model_dir, tmp_path))
-    with database(app.instance_path) as conn:
+    with Site.of(app).database() as conn:
         conn.execute("INSERT INTO jobs (status, params, spec, created, runner_pid, runner_start) "
                      "VALUES ('running', '{}', '{}', 0, 999999999, 'gone')")
     client = app.test_client()

@@ -4,12 +4,16 @@ where it cannot run), plus an unreachable S3 endpoint said quickly with its URL.
 
 import hashlib
 import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,7 @@ from webapp.lifecycle.objectstore import (FETCHED_MARKER, MANIFEST, DigestMismat
                                           ObjectMissing, S3Store, StoreUnavailable, make_client, open_store,
                                           publish_folder)
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BAD_KEYS = ["", "/abs/key", "a//b", "a/", "../x", "a/../b", "a/./b", ".hidden", "a/.tmp", "a\\b", "a\x00b"]
 
 
@@ -247,6 +252,36 @@ def test_concurrent_fetches_all_end_with_a_good_copy(store, tmp_path):
         copies = list(pool.map(fetch, range(4)))
     assert len(set(copies)) == 1 and tree(copies[0]) == tree(folder)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [copies[0].name]
+
+
+FETCH_SCRIPT = """
+import sys
+from pathlib import Path
+from webapp.lifecycle.objectstore import open_store
+store = open_store(sys.argv[1] or None, Path(sys.argv[2]))
+print(store.fetch_folder("versions/v10", sys.argv[3]))
+"""
+
+
+def test_processes_fetching_one_version_at_once_all_get_a_good_copy(store, tmp_path):
+    """Separate processes (web workers of one host) fetch the same version at the same moment."""
+    folder = model_folder(tmp_path / "model")
+    store.put_folder("versions/v10", folder)
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    if isinstance(store, LocalStore):
+        url, instance = "", store.root.parent
+    else:
+        url, instance = f"s3://{store.bucket}/{store.prefix}", tmp_path
+        env.update(AWS_ENDPOINT_URL_S3=store.client.meta.endpoint_url, AWS_DEFAULT_REGION="us-east-1",
+                   AWS_ACCESS_KEY_ID=store.client._request_signer._credentials.access_key,
+                   AWS_SECRET_ACCESS_KEY=store.client._request_signer._credentials.secret_key)
+    procs = [subprocess.Popen([sys.executable, "-c", FETCH_SCRIPT, url, str(instance), str(tmp_path / "cache")],
+                              env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    paths = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+    assert [proc.returncode for proc in procs] == [0, 0, 0] and len(paths) == 1
+    copy = Path(paths.pop())
+    assert tree(copy) == tree(folder)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [copy.name]
 
 
 def test_publish_keeps_a_complete_copy_and_replaces_a_leftover(tmp_path):

@@ -20,6 +20,10 @@ def flag(value: str) -> bool:
 
 # name, default, type of its environment variable
 SETTINGS = (
+    # beyond one host (docs/deploy.md); unset: everything in the instance folder, as on one host
+    ("DATABASE_URL", None, str),           # postgresql+psycopg://user@host/db; unset: <instance>/admin.sqlite3
+    ("REDIS_URL", None, str),              # redis://host:6379/0: jobs queued for workers; unset: run locally
+    ("MODEL_STORE_URL", None, str),        # s3://bucket/prefix; unset: <instance>/store
     ("SECRET_KEY", None, str),             # unset: a random key kept in the instance folder
     ("MODEL_DIR", str(PROJECT_ROOT / "models" / "default"), str),  # the shipped model
     ("MAX_UPLOAD_MB", 10, float),          # request body limit

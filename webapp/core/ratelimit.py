@@ -20,17 +20,19 @@ class RateLimit:
         """Seconds before `client` may act again (0: now); forgets events older than the window."""
         config = current_app.config
         window = float(config[self.window_setting])
-        conn.execute(f"DELETE FROM {self.table} WHERE at < ?", (time.time() - window,))
-        rows = conn.execute(f"SELECT at FROM {self.table} WHERE client = ? ORDER BY at", (client,)).fetchall()
+        conn.execute(f"DELETE FROM {self.table} WHERE at < :before", {"before": time.time() - window})
+        rows = conn.execute(f"SELECT at FROM {self.table} WHERE client = :client ORDER BY at",
+                            {"client": client}).fetchall()
         if len(rows) < int(config[self.max_setting]):
             return 0
         return max(1, int(rows[0]["at"] + window - time.time()) + 1)
 
     def record(self, conn, client: str) -> None:
-        conn.execute(f"INSERT INTO {self.table} (client, at) VALUES (?, ?)", (client, time.time()))
+        conn.execute(f"INSERT INTO {self.table} (client, at) VALUES (:client, :at)",
+                     {"client": client, "at": time.time()})
 
     def clear(self, conn, client: str) -> None:
-        conn.execute(f"DELETE FROM {self.table} WHERE client = ?", (client,))
+        conn.execute(f"DELETE FROM {self.table} WHERE client = :client", {"client": client})
 
 
 LOGIN_FAILURES = RateLimit("login_failures", "LOGIN_MAX_FAILURES", "LOGIN_WINDOW_S")

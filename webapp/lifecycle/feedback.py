@@ -65,11 +65,11 @@ def list_items(site, status=None, label=None) -> list:
     """Items newest first, optionally only those of one status and/or (current) label."""
     if status not in (None, *STATUSES):
         raise FeedbackError(f"status must be one of {', '.join(STATUSES)}")
-    where, args = [], []
+    where, args = [], {}
     for column, value in (("status", status), ("label", label)):
         if value:
-            where.append(f"{column} = ?")
-            args.append(value)
+            where.append(f"{column} = :{column}")
+            args[column] = value
     sql = "SELECT * FROM feedback" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
     with site.database() as conn:
         return [item_dict(row) for row in conn.execute(sql, args).fetchall()]
@@ -77,7 +77,7 @@ def list_items(site, status=None, label=None) -> list:
 
 def get(site, item_id) -> dict:
     with site.database() as conn:
-        row = conn.execute("SELECT * FROM feedback WHERE id = ?", (item_id,)).fetchone()
+        row = conn.execute("SELECT * FROM feedback WHERE id = :id", {"id": item_id}).fetchone()
     if row is None:
         raise FeedbackError(f"no feedback item {item_id}", "not_found")
     return item_dict(row)
@@ -97,9 +97,9 @@ def add(site, conn, photo: dict, fields: tuple) -> tuple:
     """Keep a checked photo: `photo` {hash, jpg, png} (the re-encoded photo, the model input),
     `fields` (label, predicted, version). Call it inside a write transaction of `conn`; a photo
     already kept only counts one more send. Returns (item id, created)."""
-    row = conn.execute("SELECT id FROM feedback WHERE hash = ?", (photo["hash"],)).fetchone()
+    row = conn.execute("SELECT id FROM feedback WHERE hash = :hash", {"hash": photo["hash"]}).fetchone()
     if row:
-        conn.execute("UPDATE feedback SET sends = sends + 1 WHERE id = ?", (row["id"],))
+        conn.execute("UPDATE feedback SET sends = sends + 1 WHERE id = :id", {"id": row["id"]})
         return row["id"], False
     root = folder(site)
     root.mkdir(exist_ok=True)
@@ -108,8 +108,9 @@ def add(site, conn, photo: dict, fields: tuple) -> tuple:
             tmp.write_bytes(photo[kind])
     label, predicted, version = fields
     item_id = conn.execute("INSERT INTO feedback (hash, claimed, label, predicted, version, created) "
-                           "VALUES (?, ?, ?, ?, ?, ?)",
-                           (photo["hash"], label, label, predicted, version, time.time())).lastrowid
+                           "VALUES (:hash, :label, :label, :predicted, :version, :created) RETURNING id",
+                           {"hash": photo["hash"], "label": label, "predicted": predicted, "version": version,
+                            "created": time.time()}).fetchone()["id"]
     return item_id, True
 
 
@@ -125,8 +126,8 @@ def review(site, item_ids, status, classes, label=None) -> list:
     items = [get(site, i) for i in item_ids]  # not_found before any change
     with site.database() as conn, write_transaction(conn):
         for item in items:
-            conn.execute("UPDATE feedback SET status = ?, label = ?, reviewed = ? WHERE id = ?",
-                         (status, label or item["label"], time.time(), item["id"]))
+            conn.execute("UPDATE feedback SET status = :status, label = :label, reviewed = :at WHERE id = :id",
+                         {"status": status, "label": label or item["label"], "at": time.time(), "id": item["id"]})
     return [get(site, i) for i in item_ids]
 
 
@@ -139,7 +140,7 @@ def delete(site, item_ids):
         for path in [root / f"{item['hash']}.jpg", root / f"{item['hash']}.png", *copies]:
             path.unlink(missing_ok=True)
         with site.database() as conn:
-            conn.execute("DELETE FROM feedback WHERE id = ?", (item["id"],))
+            conn.execute("DELETE FROM feedback WHERE id = :id", {"id": item["id"]})
 
 
 # ---- using ----

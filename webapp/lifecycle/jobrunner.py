@@ -1,4 +1,5 @@
-"""One training job's supervisor process: `python -m webapp.lifecycle.jobrunner <db> <job id>`.
+"""One training job's supervisor process: `python -m webapp.lifecycle.jobrunner <job id>`, on the
+database named by DATABASE_URL in its environment (jobs.start passes the site's).
 
 Started by `webapp.lifecycle.jobs.start` in its own session. Starts the trainer (in its own process group,
 so a cancel reaches torchrun's workers too), copies the trainer's JSON records and log lines into
@@ -48,10 +49,10 @@ class Tail:
 
 
 class Runner:
-    def __init__(self, db_path, job_id):
-        self.conn = connect(db_path)
+    def __init__(self, database_url, job_id):
+        self.conn = connect(database_url)
         self.job_id = job_id
-        row = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self.conn.execute("SELECT * FROM jobs WHERE id = :id", {"id": job_id}).fetchone()
         self.spec = json.loads(row["spec"])
         self.job_dir = Path(self.spec["job_dir"])
         self.events = Tail(self.job_dir / "events.jsonl")
@@ -60,17 +61,19 @@ class Runner:
         self.term_sent_at = None
         self.stop_requested = False
 
-    def update(self, sql, args=()):
+    def update(self, **columns):
         """Change this job's row, only while it is still queued or running."""
-        return self.conn.execute(f"UPDATE jobs SET {sql} WHERE id = ? AND status IN ('queued', 'running')",
-                                 (*args, self.job_id)).rowcount
+        assignments = ", ".join(f"{name} = :{name}" for name in columns)
+        self.conn.execute(f"UPDATE jobs SET {assignments} WHERE id = :job_id AND status IN ('queued', 'running')",
+                          dict(columns, job_id=self.job_id))
 
     def row(self):
-        return self.conn.execute("SELECT status, cancel_requested FROM jobs WHERE id = ?", (self.job_id,)).fetchone()
+        return self.conn.execute("SELECT status, cancel_requested FROM jobs WHERE id = :id",
+                                 {"id": self.job_id}).fetchone()
 
     def run(self) -> int:
         info = process_start(os.getpid())
-        self.update("runner_pid = ?, runner_start = ?", (os.getpid(), info[1] if info else None))
+        self.update(runner_pid=os.getpid(), runner_start=info[1] if info else None)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         if self.row()["cancel_requested"]:
             return self.finish("cancelled", error=None)
@@ -82,7 +85,7 @@ class Runner:
                     stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         except OSError as error:
             return self.finish("failed", error=f"could not start the trainer: {error}")
-        self.update("status = 'running', started = ?, pid = ?", (time.time(), self.trainer.pid))
+        self.update(status="running", started=time.time(), pid=self.trainer.pid)
         returncode = self.watch()
         self.copy_output()
         return self.conclude(returncode)
@@ -122,10 +125,11 @@ class Runner:
         if not records and not lines:
             return
         with write_transaction(self.conn):
-            self.conn.executemany("INSERT INTO metrics (job_id, type, record) VALUES (?, ?, ?)",
-                                  [(self.job_id, r.get("type", "?"), json.dumps(r)) for r in records])
-            self.conn.executemany("INSERT INTO log_lines (job_id, line) VALUES (?, ?)",
-                                  [(self.job_id, line[:MAX_LINE]) for line in lines])
+            self.conn.executemany("INSERT INTO metrics (job_id, type, record) VALUES (:job_id, :type, :record)",
+                                  [{"job_id": self.job_id, "type": r.get("type", "?"), "record": json.dumps(r)}
+                                   for r in records])
+            self.conn.executemany("INSERT INTO log_lines (job_id, line) VALUES (:job_id, :line)",
+                                  [{"job_id": self.job_id, "line": line[:MAX_LINE]} for line in lines])
             self.record_progress(records)
 
     def record_progress(self, records):
@@ -133,13 +137,11 @@ class Runner:
         steps = [r for r in records if r.get("type") == "step"]
         if steps:
             s = steps[-1]
-            self.update("epoch = ?, epochs = ?, step = ?, steps_per_epoch = ?, global_step = ?, total_steps = ?, "
-                        "progress = ?, elapsed_s = ?, eta_s = ?",
-                        tuple(s.get(k) for k in ("epoch", "epochs", "step", "steps_per_epoch", "global_step",
-                                                 "total_steps", "progress", "elapsed_s", "eta_s")))
+            self.update(**{k: s.get(k) for k in ("epoch", "epochs", "step", "steps_per_epoch", "global_step",
+                                                 "total_steps", "progress", "elapsed_s", "eta_s")})
         starts = [r for r in records if r.get("type") == "start"]
         if starts:
-            self.update("epochs = ?", (starts[-1].get("epochs"),))
+            self.update(epochs=starts[-1].get("epochs"))
 
     def conclude(self, returncode) -> int:
         cancelled = (self.term_sent_at is not None or returncode == EXIT_STOPPED
@@ -160,8 +162,8 @@ class Runner:
         return self.finish("failed", error=reason + (":\n" + tail if tail else ""))
 
     def tail_text(self, lines=10) -> str:
-        rows = self.conn.execute("SELECT line FROM log_lines WHERE job_id = ? ORDER BY seq DESC LIMIT ?",
-                                 (self.job_id, lines)).fetchall()
+        rows = self.conn.execute("SELECT line FROM log_lines WHERE job_id = :id ORDER BY seq DESC LIMIT :n",
+                                 {"id": self.job_id, "n": lines}).fetchall()
         return "\n".join(r["line"] for r in reversed(rows))
 
     def store_version(self) -> int:
@@ -176,20 +178,20 @@ class Runner:
             return self.finish("failed", error=f"the trained model could not be stored: {error}")
         finally:
             shutil.rmtree(self.job_dir / "model", ignore_errors=True)
-        self.update("version = ?", (version_id,))
+        self.update(version=version_id)
         return self.finish("succeeded", result=decision)
 
     def finish(self, status, error=None, result=None) -> int:
-        self.update("status = ?, finished = ?, error = ?, result = ?",
-                    (status, time.time(), error, json.dumps(result) if result is not None else None))
+        self.update(status=status, finished=time.time(), error=error,
+                    result=json.dumps(result) if result is not None else None)
         return 0 if status == "succeeded" else 1
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        sys.exit("usage: python -m webapp.lifecycle.jobrunner <database> <job id>")
-    sys.exit(Runner(argv[0], int(argv[1])).run())
+    if len(argv) != 1 or not os.environ.get("DATABASE_URL"):
+        sys.exit("usage: DATABASE_URL=<database url> python -m webapp.lifecycle.jobrunner <job id>")
+    sys.exit(Runner(os.environ["DATABASE_URL"], int(argv[0])).run())
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 A job runs as its own process group, never in a web worker: `start()` inserts the job row under
 a write transaction that refuses a second queued/running job (a cross-process guarantee), then
-spawns `python -m webapp.lifecycle.jobrunner <db> <id>` in a new session. The runner starts the
+spawns `python -m webapp.lifecycle.jobrunner <id>` in a new session. The runner starts the
 trainer (`python -m ml.train`, or torchrun) and copies its JSON records and log lines into the
 database. The public functions take the `Site` (instance folder and settings) they work on.
 Every reader but the /metrics count first reconciles: a queued/running job whose runner process
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ml.train.presets import PRESETS as TRAINING_PRESETS
 from webapp.lifecycle import feedback, versions
-from webapp.lifecycle.db import ACTIVE, db_path_for, write_transaction
+from webapp.lifecycle.db import ACTIVE, write_transaction
 from webapp.lifecycle.errors import LifecycleError
 from webapp.lifecycle.procs import log_file_tail, process_alive, process_start, signal_group
 from webapp.settings import PROJECT_ROOT
@@ -133,7 +133,7 @@ def _resume_params(site, conn, data) -> dict:
     if isinstance(resume_id, bool) or not isinstance(resume_id, (int, str)) or not str(resume_id).isdigit():
         raise JobError("resume must be a job id")
     resume_id = int(resume_id)
-    row = conn.execute("SELECT status, params FROM jobs WHERE id = ?", (resume_id,)).fetchone()
+    row = conn.execute("SELECT status, params FROM jobs WHERE id = :id", {"id": resume_id}).fetchone()
     checkpoint = jobs_root(site) / str(resume_id) / "resume.pt"
     if row is None or row["status"] != "cancelled" or not checkpoint.is_file():
         raise JobError(f"job {resume_id} has no resume checkpoint (only cancelled jobs do)", "not_resumable")
@@ -182,12 +182,12 @@ def job_dict(conn, row, since=0, details=True) -> dict:
                created=_iso(row["created"]), started=_iso(row["started"]), finished=_iso(row["finished"]),
                duration_s=round(end - row["started"], 1) if row["started"] and end else None)
     if details:
-        metrics = conn.execute("SELECT seq, record FROM metrics WHERE job_id = ? AND seq > ? ORDER BY seq",
-                               (row["id"], since)).fetchall()
+        metrics = conn.execute("SELECT seq, record FROM metrics WHERE job_id = :id AND seq > :since ORDER BY seq",
+                               {"id": row["id"], "since": since}).fetchall()
         job["metrics"] = [dict(json.loads(m["record"]), seq=m["seq"]) for m in metrics]
         job["next_since"] = metrics[-1]["seq"] if metrics else since
-        lines = conn.execute("SELECT line FROM log_lines WHERE job_id = ? ORDER BY seq DESC LIMIT ?",
-                             (row["id"], LOG_TAIL_LINES)).fetchall()
+        lines = conn.execute("SELECT line FROM log_lines WHERE job_id = :id ORDER BY seq DESC LIMIT :n",
+                             {"id": row["id"], "n": LOG_TAIL_LINES}).fetchall()
         job["log_tail"] = [r["line"] for r in reversed(lines)]
     return job
 
@@ -195,8 +195,8 @@ def job_dict(conn, row, since=0, details=True) -> dict:
 def _fail_dead(conn, row, message):
     tail = log_file_tail(json.loads(row["spec"]).get("job_dir", "/nonexistent"), lines=10)
     error = message + ("\n" + "\n".join(tail) if tail else "")
-    conn.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ? AND status IN "
-                 "('queued', 'running')", (time.time(), error, row["id"]))
+    conn.execute("UPDATE jobs SET status = 'failed', finished = :at, error = :error WHERE id = :id AND status IN "
+                 "('queued', 'running')", {"at": time.time(), "error": error, "id": row["id"]})
     if row["pid"] and process_alive(row["pid"]):
         signal_group(row["pid"], signal.SIGKILL)  # an orphaned trainer nobody records any more
 
@@ -214,7 +214,7 @@ def reconcile(conn):
 
 
 def _job_row(conn, job_id):
-    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row = conn.execute("SELECT * FROM jobs WHERE id = :id", {"id": job_id}).fetchone()
     if row is None:
         raise JobError(f"no job {job_id}", "not_found")
     return row
@@ -237,7 +237,8 @@ def count_by_status(site) -> dict:
     """status -> number of jobs, as the database holds them: a read that changes nothing (for
     /metrics, which must never mark jobs failed or signal processes)."""
     with site.database() as conn:
-        return dict(conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+        rows = conn.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
+        return {row["status"]: row["n"] for row in rows}
 
 
 def active_job(site):
@@ -249,8 +250,9 @@ def active_job(site):
 # ---- changing ----
 
 def _insert(site, conn, data) -> int:
-    """Insert a queued job; refuses when one is queued or running. Runs under BEGIN IMMEDIATE, so
-    concurrent starts from any number of processes are serialised by SQLite's write lock."""
+    """Insert a queued job; refuses when one is queued or running. Runs in a write transaction, so
+    concurrent starts are serialised, and the database's unique index `one_job_not_over` refuses a
+    second job that is not over whichever host inserts it."""
     resuming = isinstance(data, dict) and data.get("resume") is not None
     params = None if resuming else validate_params(site, data)  # 400 before 409
     with write_transaction(conn):
@@ -259,8 +261,9 @@ def _insert(site, conn, data) -> int:
             raise JobError(f"job {busy['id']} is {busy['status']}: wait for it or cancel it first",
                            "job_running")
         params = params or _resume_params(site, conn, data)
-        job_id = conn.execute("INSERT INTO jobs (status, params, spec, created) VALUES ('queued', ?, '{}', ?)",
-                              (json.dumps(params), time.time())).lastrowid
+        job_id = conn.execute("INSERT INTO jobs (status, params, spec, created) "
+                              "VALUES ('queued', :params, '{}', :at) RETURNING id",
+                              {"params": json.dumps(params), "at": time.time()}).fetchone()["id"]
         job_dir = jobs_root(site) / str(job_id)
         user_photos = _user_photos(site, conn, params, job_dir)
         settings = site.settings
@@ -269,7 +272,7 @@ def _insert(site, conn, data) -> int:
                 "margin": float(settings["PROMOTION_MARGIN"]), "cwd": str(PROJECT_ROOT),
                 "feedback": dict(user_photos, accuracy_margin=float(settings["FEEDBACK_MARGIN"]),
                                  unrecognised_margin=float(settings["UNRECOGNISED_MARGIN"]))}
-        conn.execute("UPDATE jobs SET spec = ? WHERE id = ?", (json.dumps(spec), job_id))
+        conn.execute("UPDATE jobs SET spec = :spec WHERE id = :id", {"spec": json.dumps(spec), "id": job_id})
     return job_id, params
 
 
@@ -277,7 +280,8 @@ def _user_photos(site, conn, params, job_dir) -> dict:
     """The job's own copy of reviewed feedback (webapp.lifecycle.feedback.snapshot), taken when it is queued so
     later reviews do not change it; a resumed job keeps its first run's."""
     if params.get("resume"):
-        spec = json.loads(conn.execute("SELECT spec FROM jobs WHERE id = ?", (params["resume"],)).fetchone()["spec"])
+        row = conn.execute("SELECT spec FROM jobs WHERE id = :id", {"id": params["resume"]}).fetchone()
+        spec = json.loads(row["spec"])
         return spec.get("feedback") or {"trained_on": 0, "train_dir": None, "eval_items": []}
     return feedback.snapshot(site, job_dir, params["include_feedback"])
 
@@ -290,8 +294,9 @@ def _spawn(site, job_id, params) -> subprocess.Popen:
         os.replace(jobs_root(site) / str(params["resume"]) / "resume.pt", job_dir / "resume.pt")
     with open(job_dir / "runner.log", "ab") as log:
         runner = subprocess.Popen(
-            [sys.executable, "-m", "webapp.lifecycle.jobrunner", str(db_path_for(site.instance)), str(job_id)],
-            cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "webapp.lifecycle.jobrunner", str(job_id)],
+            env=dict(os.environ, DATABASE_URL=site.database_url), cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
     threading.Thread(target=runner.wait, daemon=True).start()  # reap it when it exits
     return runner
@@ -307,12 +312,12 @@ def start(site, data) -> dict:
         try:
             runner = _spawn(site, job_id, params)
         except OSError as error:
-            conn.execute("UPDATE jobs SET status = 'failed', finished = ?, error = ? WHERE id = ?",
-                         (time.time(), f"could not start the job process: {error}", job_id))
+            conn.execute("UPDATE jobs SET status = 'failed', finished = :at, error = :error WHERE id = :id",
+                         {"at": time.time(), "error": f"could not start the job process: {error}", "id": job_id})
             raise JobError(f"could not start the job process: {error}", "spawn_failed") from error
         info = process_start(runner.pid)
-        conn.execute("UPDATE jobs SET runner_pid = ?, runner_start = ? WHERE id = ? AND runner_pid IS NULL",
-                     (runner.pid, info[1] if info else None, job_id))
+        conn.execute("UPDATE jobs SET runner_pid = :pid, runner_start = :start WHERE id = :id AND runner_pid IS NULL",
+                     {"pid": runner.pid, "start": info[1] if info else None, "id": job_id})
         return job_dict(conn, _job_row(conn, job_id))
 
 
@@ -324,7 +329,7 @@ def cancel(site, job_id) -> dict:
         row = _job_row(conn, job_id)
         if row["status"] not in ACTIVE:
             raise JobError(f"job {job_id} is already {row['status']}", "not_running")
-        conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = :id", {"id": job_id})
         if row["pid"]:
             signal_group(row["pid"], signal.SIGTERM)
         return job_dict(conn, _job_row(conn, job_id))
