@@ -263,7 +263,7 @@ print(store.fetch_folder("versions/v10", sys.argv[3]))
 """
 
 
-def test_processes_fetching_one_version_at_once_all_get_a_good_copy(store, tmp_path):
+def test_processes_fetching_one_version_at_once_all_get_a_good_copy(store, tmp_path, request):
     """Separate processes (web workers of one host) fetch the same version at the same moment."""
     folder = model_folder(tmp_path / "model")
     store.put_folder("versions/v10", folder)
@@ -271,10 +271,10 @@ def test_processes_fetching_one_version_at_once_all_get_a_good_copy(store, tmp_p
     if isinstance(store, LocalStore):
         url, instance = "", store.root.parent
     else:
+        server, _ = request.getfixturevalue("s3_bucket")
         url, instance = f"s3://{store.bucket}/{store.prefix}", tmp_path
-        env.update(AWS_ENDPOINT_URL_S3=store.client.meta.endpoint_url, AWS_DEFAULT_REGION="us-east-1",
-                   AWS_ACCESS_KEY_ID=store.client._request_signer._credentials.access_key,
-                   AWS_SECRET_ACCESS_KEY=store.client._request_signer._credentials.secret_key)
+        env.update(AWS_ENDPOINT_URL_S3=server.endpoint, AWS_ACCESS_KEY_ID=server.access_key,
+                   AWS_SECRET_ACCESS_KEY=server.secret_key, AWS_DEFAULT_REGION="us-east-1")
     procs = [subprocess.Popen([sys.executable, "-c", FETCH_SCRIPT, url, str(instance), str(tmp_path / "cache")],
                               env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
     paths = {proc.communicate(timeout=60)[0].strip() for proc in procs}
