@@ -3,6 +3,8 @@
 import multiprocessing
 import sqlite3
 import threading
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,74 @@ def test_a_write_transaction_is_rolled_back_on_error(tmp_path):
             conn.execute("INSERT INTO login_failures (client, at) VALUES ('a', 1)")
             raise RuntimeError("half-way")
         assert conn.execute("SELECT COUNT(*) AS n FROM login_failures").fetchone()["n"] == 0
+
+
+# ---- the same guarantees on PostgreSQL (a real server, scripts/cluster/servers.py) ----
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A database of its own on the session's PostgreSQL server, dropped after the test."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(postgres_server.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    url = postgres_server.url.rsplit("/", 1)[0] + "/" + name
+    yield url
+    for key in [k for k in db._engines if k[1] == url]:
+        db._engines.pop(key).dispose()
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def insert_queued_job(url, barrier, outcomes):
+    barrier.wait()
+    try:
+        with db.database(url) as conn, db.write_transaction(conn):
+            conn.execute("INSERT INTO jobs (status, params, spec, created) VALUES ('queued', '{}', '{}', 0)")
+        outcomes.put("inserted")
+    except sqlalchemy.exc.IntegrityError:
+        outcomes.put("refused")
+
+
+def test_postgres_gets_the_schema_and_refuses_a_second_job_not_over(postgres_url):
+    with db.database(postgres_url) as conn:
+        assert conn.dialect == "postgresql"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()["version_num"] == "0002"
+        conn.execute("INSERT INTO jobs (status, params, spec, created) VALUES ('running', '{}', '{}', :at)",
+                     {"at": 1_765_000_000.123456})
+        assert conn.execute("SELECT created FROM jobs").fetchone()["created"] == 1_765_000_000.123456  # double
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            conn.execute("INSERT INTO jobs (status, params, spec, created) VALUES ('queued', '{}', '{}', 0)")
+
+
+def test_twenty_racing_inserts_from_separate_processes_give_exactly_one_job(postgres_url):
+    context = multiprocessing.get_context("spawn")  # fresh processes, as separate hosts would be
+    barrier, outcomes = context.Barrier(20), context.Queue()
+    racers = [context.Process(target=insert_queued_job, args=(postgres_url, barrier, outcomes)) for _ in range(20)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(120)
+    results = sorted(outcomes.get(timeout=5) for _ in racers)
+    assert results == ["inserted"] + ["refused"] * 19
+    with db.database(postgres_url) as conn:
+        assert conn.execute("SELECT COUNT(*) AS n FROM jobs").fetchone()["n"] == 1
+
+
+def test_postgres_write_transactions_do_not_interleave(postgres_url):
+    """Check-then-write in two connections: the second waits for the first's commit, so it sees it."""
+    with db.database(postgres_url) as first, db.database(postgres_url) as second:
+        seen = []
+
+        def second_writer():
+            with db.write_transaction(second):
+                seen.append(second.execute("SELECT COUNT(*) AS n FROM login_failures").fetchone()["n"])
+        with db.write_transaction(first):
+            first.execute("INSERT INTO login_failures (client, at) VALUES ('a', 1)")
+            thread = threading.Thread(target=second_writer)
+            thread.start()
+            time.sleep(0.3)
+            assert seen == []  # still waiting on the lock
+        thread.join(10)
+        assert seen == [1]
