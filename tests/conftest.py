@@ -181,3 +181,54 @@ def write_tiny_dataset(root, per_class=24, size=32, seed=0):
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     return write_tiny_dataset(tmp_path_factory.mktemp("tinydata"))
+
+
+# The servers of the multi-host tests (scripts/cluster/servers.py): PostgreSQL, Redis, SeaweedFS's S3.
+# Where one cannot run here they skip, except in CI (CI=true), where that is a broken `make servers`.
+def require_cluster_server(kind):
+    """The class of server `kind` ("postgres", "redis", "s3") once it can run here; else skips, or
+    fails in CI."""
+    from scripts.cluster.servers import SERVERS
+    cls = SERVERS[kind]
+    why = cls.unavailable()
+    if why:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"{cls.name} cannot run in CI: {why}")
+        pytest.skip(f"{cls.name} cannot run here: {why}")
+    return cls
+
+
+def cluster_folder(kind) -> str:
+    """A scratch folder under /tmp: the user postgres cannot reach pytest's tmp_path (0700 root parents)."""
+    import tempfile
+    return tempfile.mkdtemp(prefix=f"pc-{kind}-")
+
+
+def _session_server(kind):
+    import shutil
+    cls = require_cluster_server(kind)
+    folder = cluster_folder(kind)
+    try:
+        with cls(folder) as server:
+            yield server
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """PostgreSQL on 127.0.0.1 (scripts.cluster.servers.Postgres): `.url` for SQLAlchemy."""
+    yield from _session_server("postgres")
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """Redis on 127.0.0.1 (scripts.cluster.servers.Redis): `.url` for redis-py and RQ."""
+    yield from _session_server("redis")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """SeaweedFS's S3 gateway on 127.0.0.1 (scripts.cluster.servers.SeaweedS3): `.endpoint`,
+    `.access_key`, `.secret_key`, `.client()`, `.url` (its bucket, made at start)."""
+    yield from _session_server("s3")

@@ -190,6 +190,8 @@ class _Server:
             try:
                 if self._answers():
                     return
+            except ServerError:
+                raise
             except Exception as error:  # not up yet: said in the error at the deadline
                 last = error
             if time.monotonic() > deadline:
@@ -234,6 +236,10 @@ class _Server:
         self.process.wait()
         self.process = None
         self._seen = {}
+        self._after_stop()
+
+    def _after_stop(self):
+        pass
 
     def _wait_all_gone(self, seconds) -> bool:
         deadline = time.monotonic() + seconds
@@ -323,6 +329,8 @@ class Postgres(_Server):
                               capture_output=True, text=True, cwd=self.folder)
         if made.returncode:
             raise ServerError(f"initdb {self.data} failed ({made.returncode}):\n{(made.stdout + made.stderr)[-3000:]}")
+        with open(self.data / "pg_hba.conf", "a") as hba:  # initdb's trust covers the loopback only
+            hba.write("host all all 0.0.0.0/0 trust\nhost all all ::/0 trust\n")
 
     def _argv(self) -> list:
         return self._as_owner([str(postgres_bin() / "postgres"), "-D", str(self.data), "-p", str(self.port),
@@ -335,8 +343,14 @@ class Postgres(_Server):
                                connect_timeout=3, autocommit=True)
 
     def _answers(self) -> bool:
-        with self._connect("postgres") as connection:
-            connection.execute("SELECT 1")
+        import psycopg
+        try:
+            with self._connect("postgres") as connection:
+                connection.execute("SELECT 1")
+        except psycopg.OperationalError as error:
+            if "pg_hba.conf" in str(error) or "authentication" in str(error):
+                raise ServerError(f"postgres on {self.host}:{self.port} refuses {self.user}: {error}") from error
+            raise
         return True
 
     def _after_ready(self):
@@ -393,7 +407,8 @@ class SeaweedS3(_Server):
     """SeaweedFS all in one process (`weed mini`: master, volume, filer, S3 gateway) with one S3
     identity (`access_key`, `secret_key`, random unless given) and the bucket `bucket` made at start.
     Every port it opens is chosen here (`port` is the S3 one); WebDAV, the admin UI, Iceberg, Lance
-    and telemetry are off; its logs and sockets stay in `folder`."""
+    and telemetry are off; its data, log and sockets stay in `folder`, except the gRPC sockets weed
+    puts under /tmp whatever it is told (`.stop()` removes those)."""
 
     name = "seaweedfs"
     ports_needed = 10  # s3, s3 gRPC, master, master gRPC, volume, volume gRPC, filer, filer gRPC, admin, admin gRPC
@@ -462,6 +477,18 @@ class SeaweedS3(_Server):
                 f"-admin.port.grpc={admin_grpc}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
                 "-s3.port.lance=0", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
                 f"-filer.localSocket={f / 'filer.sock'}", f"-s3.localSocket={f / 's3.sock'}"]
+
+    def _tmp_sockets(self) -> list:
+        """The sockets weed makes at fixed places under /tmp for its gRPC ports (no flag moves them)."""
+        s3_grpc, _, master_grpc, _, volume_grpc, _, filer_grpc, _, admin_grpc = self.other_ports
+        return [Path(f"/tmp/seaweedfs-{part}-grpc-{port}.sock") for part, port in
+                [("s3", s3_grpc), ("master", master_grpc), ("volume", volume_grpc), ("filer", filer_grpc),
+                 ("admin", admin_grpc)]]
+
+    def _after_stop(self):
+        for path in self._tmp_sockets():
+            if path.is_socket():
+                path.unlink(missing_ok=True)
 
     def _env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
