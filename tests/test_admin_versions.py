@@ -1,7 +1,8 @@
-"""The model store: atomic versions, the promotion gate, activation, damaged weights refused,
-and the hot swap in a worker (no request in flight fails)."""
+"""The model store: versions in the object store (the instance folder's by default), the promotion
+gate, activation, damaged weights and tampered objects refused, the active row's generation, and the
+hot swap in a worker (no request in flight fails)."""
 
-import json
+import shutil
 import threading
 import time
 
@@ -14,6 +15,7 @@ from webapp import create_app
 from webapp.core.errors import status_of
 from webapp.lifecycle.gate import promotion_gate
 from webapp.lifecycle.site import Site
+from webapp.lifecycle.objectstore import MANIFEST
 from webapp.lifecycle.versions import ModelStore, VersionError, list_versions, store
 from webapp.predict.serving import CHECK_INTERVAL_S, current_predictor, serving_status
 
@@ -38,18 +40,35 @@ def add(model_store, tmp_path, job_id, accuracy=None):
     return model_store.add(trained_dir(tmp_path / f"out{job_id}", accuracy, seed=job_id), job_id)
 
 
-def test_add_writes_a_complete_version_atomically(app, tmp_path):
+def stored_weights(model_store, version_id):
+    """The weights object of a version in the instance folder's store."""
+    return model_store.objects.root / "versions" / version_id / WEIGHTS_FILE
+
+
+def tamper(model_store, version_id, keep=500):
+    """Truncate a version's weights in the store and drop this host's copy, as a host that never
+    fetched it would find it."""
+    weights = stored_weights(model_store, version_id)
+    weights.write_bytes(weights.read_bytes()[:keep])
+    shutil.rmtree(model_store.cached_path(version_id), ignore_errors=True)
+
+
+def test_add_writes_a_complete_version_into_the_store(app, tmp_path):
     model_store = store(Site.of(app))
     version_id = add(model_store, tmp_path, 7, accuracy=0.5)
-    folder = model_store.root / version_id
     assert version_id.endswith("-job7")
-    assert [p.name for p in model_store.root.iterdir()] == [version_id]  # no temporary folder left
+    keys = model_store.objects.list("versions")
+    assert f"versions/{version_id}/{MANIFEST}" in keys and f"versions/{version_id}/{CARD_FILE}" in keys
+    assert model_store.stored_ids() == [version_id]
+    folder = model_store.path(version_id)  # this host's verified copy
+    assert folder == model_store.cached_path(version_id) and folder.is_relative_to(app.instance_path)
     card = read_card(folder)
     assert card["version"] == version_id and card["job"] == 7 and card["trained_version"] == "20260101-000000"
     listed = list_versions(Site.of(app))
     assert [v["id"] for v in listed] == [version_id, "shipped"]
     assert listed[0]["metrics"]["accuracy"] == 0.5 and listed[0]["path"] == str(folder)
     assert listed[1]["active"] and listed[1]["shipped"] and not listed[0]["active"]
+    assert not (model_store.root).exists()  # nothing written in the old layout's folder
 
 
 @pytest.mark.parametrize("active_acc, new_acc, margin, promoted", [
@@ -71,15 +90,15 @@ def test_activation_refuses_unknown_ids_and_truncated_weights(tmp_path, tiny_mod
     good = add(model_store, tmp_path, 1)
     model_store.activate(good)
     damaged = add(model_store, tmp_path, 2)
-    weights = model_store.root / damaged / WEIGHTS_FILE
-    weights.write_bytes(weights.read_bytes()[:1000])
+    tamper(model_store, damaged, keep=1000)
     with pytest.raises(VersionError) as refused:
         model_store.activate(damaged)
     assert status_of(refused.value) == 409 and "checksum" in str(refused.value)
+    assert refused.value.code == "damaged" and not model_store.cached_path(damaged).exists()
     assert model_store.active_id() == good
     assert promotion_gate(model_store, damaged, 1.0)["promoted"] is False   # the gate refuses it too
     assert model_store.active_id() == good
-    for bad in ("../models", "active", "", "nope", ".lock"):
+    for bad in ("../models", "active", "", "nope", ".lock", None):
         with pytest.raises(VersionError):
             model_store.activate(bad)
 
@@ -88,8 +107,7 @@ def test_api_refuses_a_damaged_version_and_keeps_serving(app, tmp_path):
     client = app.test_client()
     headers = {"Authorization": "Bearer y"}
     damaged = add(store(Site.of(app)), tmp_path, 3)
-    weights = store(Site.of(app)).root / damaged / WEIGHTS_FILE
-    weights.write_bytes(weights.read_bytes()[:-10])
+    tamper(store(Site.of(app)), damaged, keep=-10)
     response = client.post(f"/api/v1/admin/versions/{damaged}/activate", headers=headers)
     assert response.status_code == 409 and "damaged" in response.json["error"]["message"]
     assert client.get("/api/v1/admin/versions", headers=headers).json["active"] == "shipped"
@@ -107,11 +125,11 @@ def test_worker_swaps_to_the_new_active_version_and_refuses_damaged_weights(app,
         assert swapped is not old and old.version == "test-1"
         assert old.predict([image_bytes()])[0]["label"]  # an old object in flight still works
 
-        # a version damaged after its activation: this worker refuses it and keeps serving `first`
+        # a version damaged in the store after its activation by another host: this worker
+        # refuses it (the digest does not match) and keeps serving `first`
         second = add(model_store, tmp_path, 2)
         model_store.activate(second)
-        weights = model_store.root / second / WEIGHTS_FILE
-        weights.write_bytes(weights.read_bytes()[:500])
+        tamper(model_store, second)
         time.sleep(CHECK_INTERVAL_S + 0.1)
         assert current_predictor().version == first
         status = serving_status()
@@ -128,7 +146,7 @@ def test_a_damaged_active_version_at_start_falls_back_to_the_shipped_model(app, 
         model_store = store(Site.of(app))
         version = add(model_store, tmp_path, 1)
         model_store.activate(version)
-        (model_store.root / version / WEIGHTS_FILE).write_bytes(b"")
+        tamper(model_store, version, keep=0)
         assert current_predictor().version == "test-1"
         assert version in serving_status()["error"]
 
@@ -175,13 +193,15 @@ def test_no_request_fails_while_versions_swap(app, tmp_path):
     assert len({version for version, _ in answers}) >= 2
 
 
-def test_pointer_is_replaced_atomically(tmp_path, tiny_model_dir):
-    model_store = ModelStore(tmp_path / "models", tiny_model_dir)
-    version = add(model_store, tmp_path, 1)
+def test_every_change_of_the_active_row_adds_one_to_its_generation(tmp_path, tiny_model_dir):
+    model_store = ModelStore(tmp_path / "instance" / "models", tiny_model_dir)
+    assert model_store.active() == ("shipped", 0)  # no row yet
+    version = add(model_store, tmp_path, 1, accuracy=0.5)
     model_store.activate(version)
-    before = model_store.pointer.stat().st_ino
+    assert model_store.active() == (version, 1)
     model_store.activate("shipped")
-    assert model_store.pointer.read_text() == "shipped\n"
-    assert model_store.pointer.stat().st_ino != before  # a new file renamed over the old one
-    assert not [p for p in model_store.root.iterdir() if p.name.startswith(".active.")]
-    assert json.loads(json.dumps(model_store.list()))[0]["id"] == version
+    model_store.activate("shipped")  # the same version again is a change too: workers recheck
+    assert model_store.active() == ("shipped", 3) and model_store.active_generation() == 3
+    assert promotion_gate(model_store, version, 0.0)["promoted"] is True
+    assert model_store.active() == (version, 4)
+    assert [v["id"] for v in model_store.list()] == [version, "shipped"]

@@ -4,6 +4,7 @@ refused (and nothing kept) beyond the upload limits and the rate limit; reviewed
 
 import io
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,7 +218,7 @@ def test_photos_are_served_to_the_admin_as_inert_images(app, client):
 def test_delete_for_good_removes_the_photo_and_its_copies(app, client):
     ids = [send(client, photo((i * 50, 10, 10))).json["id"] for i in range(2)]
     digest = feedback.get(Site.of(app), ids[0])["hash"]
-    copy = feedback.folder(Site.of(app)).parent / "jobs" / "7" / "feedback" / "train" / "cat" / f"{digest}.png"
+    copy = Path(app.instance_path) / "jobs" / "7" / "feedback" / "train" / "cat" / f"{digest}.png"
     copy.parent.mkdir(parents=True)
     copy.write_bytes(b"a job's copy")
     login(client)

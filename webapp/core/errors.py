@@ -20,8 +20,10 @@ HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "n
               405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
               415: "unsupported_media_type", 429: "too_many_requests"}
 # the lifecycle's codes that are not a 400
+# damaged: a stored version whose digests do not match, refused like a version that does not load;
+# store_unavailable: the object store cannot be reached, a retry later may work
 LIFECYCLE_STATUS = {"not_found": 404, "job_running": 409, "not_resumable": 409, "not_running": 409,
-                    "refused": 409, "spawn_failed": 500}
+                    "refused": 409, "damaged": 409, "spawn_failed": 500, "store_unavailable": 503}
 TITLES = {400: "That did not work", 404: "Page not found", 405: "Not allowed here",
           413: "Too large", 415: "Not a photo we can read", 500: "Something went wrong"}
 

@@ -58,7 +58,7 @@ def review():
 def photo(item_id, kind):
     """The re-encoded photo (jpg) or the 32x32 model input (png): files this server wrote, never
     the uploaded bytes, served as plain images that a browser will not sniff or run."""
-    response = send_file(feedback.photo_path(current_site(), item_id, kind), mimetype=PHOTO_TYPES[kind],
+    response = send_file(io.BytesIO(feedback.photo_bytes(current_site(), item_id, kind)), mimetype=PHOTO_TYPES[kind],
                          download_name=f"feedback-{item_id}.{kind}")
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response

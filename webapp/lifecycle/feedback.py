@@ -1,25 +1,28 @@
 """Photos users sent to correct a prediction: the only photos this product ever keeps.
 
-A feedback item is one row of the admin database's `feedback` table and two files in
-<instance>/feedback: `<hash>.jpg`, the photo re-encoded from its pixels (so no EXIF, GPS or other
-metadata of the upload survives; longest side at most 512 px), and `<hash>.png`, the 32x32 input
-the model saw, decoded exactly as a prediction decodes it; webapp.feedback.intake receives them
-and `add` keeps them.
+A feedback item is one row of the admin database's `feedback` table and two objects in the object
+store (webapp.lifecycle.objectstore: the instance folder's `store/` or S3, so every host reads them):
+`feedback/<hash>.jpg`, the photo re-encoded from its pixels (so no EXIF, GPS or other metadata of
+the upload survives; longest side at most 512 px), and `feedback/<hash>.png`, the 32x32 input the
+model saw, decoded exactly as a prediction decodes it; webapp.feedback.intake receives them and
+`add` keeps them. Nothing is kept unless the user sent it as feedback; a delete removes both
+objects (no host keeps a copy of them outside a training job's snapshot, which the delete removes
+on this host too).
 The hash is of the re-encoded pixels, so the same photo sent twice is one item. Items are reviewed
 by an admin (accepted, relabelled, rejected, deleted for good) and the accepted ones are split by
 hash into a training part and an evaluation part, which jobs snapshot (see `snapshot`).
 """
 
 import io
-import shutil
 import time
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ml.data.files import atomic_path
 from webapp.lifecycle.db import write_transaction
 from webapp.lifecycle.errors import LifecycleError
+from webapp.lifecycle.objectstore import LocalStore, ObjectMissing
+from webapp.lifecycle.versions import site_store
 
 NONE = "none"                  # the label of "none of these"
 STATUSES = ("pending", "accepted", "rejected")
@@ -32,8 +35,15 @@ class FeedbackError(LifecycleError):
     """A refused feedback request or review action (bad_label, bad_request, not_found)."""
 
 
-def folder(site) -> Path:
-    return site.instance / FOLDER
+def photo_key(digest: str, kind: str) -> str:
+    """The store key of an item's photo ("jpg") or model input ("png")."""
+    return f"{FOLDER}/{digest}.{kind}"
+
+
+def folder(site) -> Path | None:
+    """Where the instance folder's store keeps the photos (None when the store is S3)."""
+    objects = site_store(site)
+    return objects.root / FOLDER if isinstance(objects, LocalStore) else None
 
 
 def split_of(digest: str) -> str:
@@ -83,12 +93,13 @@ def get(site, item_id) -> dict:
     return item_dict(row)
 
 
-def photo_path(site, item_id, kind="jpg") -> Path:
-    """The re-encoded photo (jpg) or the model input (png) of an item; not_found when gone."""
-    path = folder(site) / f"{get(site, item_id)['hash']}.{kind}"
-    if not path.is_file():
-        raise FeedbackError(f"feedback item {item_id} has no photo", "not_found")
-    return path
+def photo_bytes(site, item_id, kind="jpg") -> bytes:
+    """The re-encoded photo (jpg) or the model input (png) of an item, from the store; not_found
+    when gone. Never cached on the host: a delete must leave no copy behind."""
+    try:
+        return site_store(site).get_bytes(photo_key(get(site, item_id)["hash"], kind))
+    except ObjectMissing:
+        raise FeedbackError(f"feedback item {item_id} has no photo", "not_found") from None
 
 
 # ---- receiving ----
@@ -101,11 +112,9 @@ def add(site, conn, photo: dict, fields: tuple) -> tuple:
     if row:
         conn.execute("UPDATE feedback SET sends = sends + 1 WHERE id = :id", {"id": row["id"]})
         return row["id"], False
-    root = folder(site)
-    root.mkdir(exist_ok=True)
-    for kind in ("jpg", "png"):
-        with atomic_path(root / f"{photo['hash']}.{kind}", mode=0o644) as tmp:
-            tmp.write_bytes(photo[kind])
+    objects = site_store(site)
+    for kind in ("jpg", "png"):  # stored before the row: a row always has its photos
+        objects.put_bytes(photo_key(photo["hash"], kind), photo[kind])
     label, predicted, version = fields
     item_id = conn.execute("INSERT INTO feedback (hash, claimed, label, predicted, version, created) "
                            "VALUES (:hash, :label, :label, :predicted, :version, :created) RETURNING id",
@@ -132,12 +141,14 @@ def review(site, item_ids, status, classes, label=None) -> list:
 
 
 def delete(site, item_ids):
-    """Delete items for good: the row, both files, and the copies training jobs made of them."""
+    """Delete items for good: the row, both objects, and the copies this host's training jobs made
+    of them."""
     items = [get(site, i) for i in item_ids]
-    jobs, root = site.instance / "jobs", folder(site)
+    jobs, objects = site.instance / "jobs", site_store(site)
     for item in items:
-        copies = list(jobs.glob(f"*/feedback/*/*/{item['hash']}.png")) if jobs.is_dir() else []
-        for path in [root / f"{item['hash']}.jpg", root / f"{item['hash']}.png", *copies]:
+        for kind in ("jpg", "png"):
+            objects.delete(photo_key(item["hash"], kind))
+        for path in list(jobs.glob(f"*/feedback/*/*/{item['hash']}.png")) if jobs.is_dir() else []:
             path.unlink(missing_ok=True)
         with site.database() as conn:
             conn.execute("DELETE FROM feedback WHERE id = :id", {"id": item["id"]})
@@ -163,29 +174,46 @@ def export_zip(site) -> bytes:
     "None of these" has no class folder: a folder would be read as an eleventh class."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:  # JPEGs do not compress further
+        objects = site_store(site)
         for item in accepted(site):
-            path = folder(site) / f"{item['hash']}.jpg"
-            if item["label"] != NONE and path.is_file():
-                archive.write(path, f"{item['label']}/{item['hash']}.jpg")
+            if item["label"] == NONE:
+                continue
+            try:
+                photo = objects.get_bytes(photo_key(item["hash"], "jpg"))
+            except ObjectMissing:
+                continue  # deleted meanwhile
+            archive.writestr(f"{item['label']}/{item['hash']}.jpg", photo)
     return buffer.getvalue()
 
 
 def snapshot(site, job_dir, include_train: bool) -> dict:
-    """Copy the accepted items' model inputs into the job folder, so later reviews do not change a
-    running job: the evaluation part always (every new version is measured on it), the training
-    part (ten classes only) when `include_train`. Returns what the job's spec records."""
-    root, job_dir = folder(site), Path(job_dir) / FOLDER
-    trained_on, eval_items = 0, []
+    """Copy the accepted items' model inputs from the store into the job folder, so later reviews do
+    not change a running job: the evaluation part always (every new version is measured on it), the
+    training part (ten classes only) when `include_train`. Returns what the job's spec records:
+    the evaluation items by id, hash and label (the gate reads their photos from the store, on
+    whichever host it runs), and `train_items` alike, so a worker on another host can fetch the
+    training part (`fetch_items`)."""
+    job_dir = Path(job_dir) / FOLDER
+    objects = site_store(site)
+    train_items, eval_items = [], []
     for item in accepted(site):
         part = split_of(item["hash"])
         if part == "train" and (not include_train or item["label"] == NONE):
             continue
-        target = job_dir / part / item["label"] / f"{item['hash']}.png"
+        entry = {"id": item["id"], "hash": item["hash"], "label": item["label"]}
+        try:
+            fetch_items(objects, [entry], job_dir / part)
+        except ObjectMissing:
+            continue  # deleted since the listing
+        (train_items if part == "train" else eval_items).append(entry)
+    return {"trained_on": len(train_items), "train_dir": str(job_dir / "train") if train_items else None,
+            "train_items": train_items, "eval_items": eval_items}
+
+
+def fetch_items(objects, items, part_dir):
+    """The model inputs of `items` ([{hash, label}]) from the store as `<part_dir>/<label>/<hash>.png`,
+    an image-folder dataset; ObjectMissing when one was deleted."""
+    for item in items:
+        target = Path(part_dir) / item["label"] / f"{item['hash']}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(root / f"{item['hash']}.png", target)
-        if part == "train":
-            trained_on += 1
-        else:
-            eval_items.append({"id": item["id"], "hash": item["hash"], "label": item["label"], "file": str(target)})
-    return {"trained_on": trained_on, "train_dir": str(job_dir / "train") if trained_on else None,
-            "eval_items": eval_items}
+        objects.get_file(photo_key(item["hash"], "png"), target)

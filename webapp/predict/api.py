@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, jsonify, request
 from ml.predict.explain import METHOD, heat_overlay, saliency_map
 from webapp.core.graceful import draining
 from webapp.predict.request_photos import RequestError, classify_request, model_identity, model_view
-from webapp.predict.serving import current_predictor, is_ready
+from webapp.predict.serving import current_predictor, is_ready, serving_status
 
 bp = Blueprint("api", __name__)
 
@@ -82,7 +82,11 @@ def readyz():
         return jsonify(status="draining"), 503
     if not is_ready(current_app):
         return jsonify(status="loading"), 503
-    return jsonify(status="ready", model=model_identity(current_predictor()))
+    body = {"status": "ready", "model": model_identity(current_predictor())}
+    unreachable = serving_status()["unreachable"]
+    if unreachable:  # still 200: this worker answers, with the version it has; the operator should know
+        body["warning"] = f"{unreachable}; serving {body['model']['version']}, the version this worker has"
+    return jsonify(body)
 
 
 @bp.get("/ping")
