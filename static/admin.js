@@ -110,6 +110,12 @@
     text("progress-step", (job.step || 0) + "/" + (job.steps_per_epoch || "?"));
     text("progress-elapsed", duration(job.status === "running" ? job.duration_s : job.elapsed_s));
     text("progress-eta", job.status === "running" ? duration(job.eta_s) : "–");
+    var where = document.getElementById("job-where");
+    if (where) {
+      where.textContent = job.waiting_for_worker ? "Waiting for a worker" : job.host
+        ? "Runs on " + job.host + ": " + (job.device || "?") + ", " + (job.processes || 1) + " process(es)"
+        : "Not started yet";
+    }
     var status = document.getElementById("job-status");
     status.textContent = job.cancel_requested && ACTIVE.indexOf(job.status) >= 0 ? "stopping" : job.status;
     status.className = "badge status-" + job.status;

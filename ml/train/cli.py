@@ -51,6 +51,9 @@ def build_parser():
     p.add_argument("--checkpoint", default=None,
                    help="resume checkpoint written on SIGTERM (default <out>.resume.pt)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.add_argument("--checkpoint-every-epoch", action="store_true",
+                   help="also write --checkpoint after every epoch (a run killed without warning resumes "
+                        "from its last epoch)")
     p.add_argument("--events", default=None, help="also append every progress record to this JSON-lines file")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     p.add_argument("--seed", type=int, default=0, help="random seed for init, shuffling and augmentation")
@@ -91,7 +94,8 @@ def main(argv=None):
     stop = StopFlag()
     stop.install()
     try:
-        card = train(config, out, RunSettings(checkpoint, args.resume, args.device, args.download, args.suite),
+        card = train(config, out, RunSettings(checkpoint, args.resume, args.device, args.download, args.suite,
+                                                 args.checkpoint_every_epoch),
                      emit, stop)
     except DownloadError as error:
         sys.exit(str(error))

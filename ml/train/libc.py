@@ -1,11 +1,13 @@
-"""glibc's allocator settings, for the processes that need them. Elsewhere (macOS, musl) these
-do nothing."""
+"""glibc's allocator settings, for the processes that need them, and Linux's parent-death
+signal. Elsewhere (macOS, musl) these do nothing."""
 
 import ctypes
 import ctypes.util
 import functools
+import os
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # mallopt parameter numbers (malloc.h)
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
 @functools.cache
@@ -29,3 +31,16 @@ def keep_freed_memory():
     if libc is not None:
         libc.mallopt(M_MMAP_MAX, 0)
         libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)
+
+
+def die_with_parent(sig: int, parent_pid: int = None) -> bool:
+    """Have the kernel send `sig` to this process when its parent exits (Linux's PR_SET_PDEATHSIG;
+    kept across exec). Meant for a child's preexec_fn, so a trainer never outlives its runner:
+    `parent_pid` is the runner's pid, and when the runner is gone already (it died between fork and
+    this call) the signal is sent at once. False where there is no prctl (not Linux, not glibc)."""
+    libc = glibc()
+    if libc is None or not hasattr(libc, "prctl") or libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        return False
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os.kill(os.getpid(), sig)
+    return True

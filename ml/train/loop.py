@@ -48,6 +48,8 @@ class RunSettings:
     device: str = "auto"               # auto (CUDA, then MPS, then CPU), cpu, cuda, mps
     download: bool = False             # fetch CIFAR-10 into config["data"] first when it holds no dataset
     suite: bool = True                 # end by measuring the robustness suite and far-out sets (minutes)
+    checkpoint_every_epoch: bool = False  # also write `checkpoint` after every epoch but the last, so a
+                                          # run killed without warning resumes from its last epoch
 
 
 @dataclass
@@ -194,9 +196,9 @@ def validate(run: Run, state: TrainState, dataset) -> dict:
     return report
 
 
-def train_epochs(run: Run, state: TrainState, dataset, client_bank, checkpoint) -> bool:
+def train_epochs(run: Run, state: TrainState, dataset, client_bank, checkpoint, every_epoch=False) -> bool:
     """The epochs left, each followed by validation; False when stopped (the resume checkpoint
-    then written at `checkpoint`, by rank 0)."""
+    then written at `checkpoint`, by rank 0; with `every_epoch`, after every epoch but the last too)."""
     config, model = run.config, state.model
     train_model = model
     if run.world > 1:
@@ -225,10 +227,20 @@ def train_epochs(run: Run, state: TrainState, dataset, client_bank, checkpoint) 
         run.log(record)
         state.epoch += 1
         state.step_in_epoch = 0
+        if every_epoch and checkpoint and run.rank == 0 and state.epoch < config["epochs"]:
+            save_epoch_checkpoint(state, config, checkpoint)
     if state.lookahead is not None:
         state.lookahead.update(model, decay=1.0)  # end on the slow average itself (airbench)
         sync_buffers(model, run.world)
     return True
+
+
+def save_epoch_checkpoint(state: TrainState, config: dict, checkpoint):
+    """The checkpoint of a run between two epochs (the training clock so far counted in, the live
+    state untouched): resuming from it gives the weights of a run never stopped."""
+    saved = state.to_checkpoint(config)
+    saved["elapsed_before"] = state.elapsed_before + time.perf_counter() - state.start_time
+    save_checkpoint(checkpoint, saved)
 
 
 def finish_run(run: Run, state: TrainState, dataset, out_dir, settings: RunSettings, extra_images: int) -> dict:
@@ -266,7 +278,7 @@ def train(config: dict, out_dir, settings: RunSettings = None, emit=print, stop:
     if settings.resume and settings.checkpoint and Path(settings.checkpoint).is_file():
         state.from_checkpoint(load_checkpoint(settings.checkpoint, config))
         emit({"type": "resumed", "epoch": state.epoch + 1, "global_step": state.global_step})
-    if not train_epochs(run, state, dataset, client_bank, settings.checkpoint):
+    if not train_epochs(run, state, dataset, client_bank, settings.checkpoint, settings.checkpoint_every_epoch):
         return None
     extra_images = len(dataset.train) - base_train_images if config.get("extra_data") else 0
     return finish_run(run, state, dataset, out_dir, settings, extra_images)
