@@ -10,8 +10,7 @@ import pytest
 from admin_support import admin_config, auth_headers, login
 from ml.export import formats as export
 from ml.export.formats import load_torchscript
-from ml.nets.modelfile import WEIGHTS_FILE
-from test_admin_versions import add
+from test_admin_versions import add, tamper
 from webapp import create_app
 from webapp.lifecycle.site import Site
 from webapp.lifecycle.versions import store
@@ -74,7 +73,6 @@ def test_unknown_formats_and_versions_404_and_damaged_weights_409(app, tmp_path)
     assert client.get(API.format("shipped", "pickle"), headers=auth_headers()).status_code == 404
     assert client.get(API.format("nope", "onnx"), headers=auth_headers()).status_code == 404
     damaged = add(store(Site.of(app)), tmp_path, 4)
-    weights = store(Site.of(app)).root / damaged / WEIGHTS_FILE
-    weights.write_bytes(weights.read_bytes()[:100])
+    tamper(store(Site.of(app)), damaged, keep=100)  # the weights object in the store
     response = client.get(API.format(damaged, "onnx"), headers=auth_headers())
     assert response.status_code == 409 and "checksum" in response.json["error"]["message"]

@@ -18,7 +18,7 @@ from ml.predict.predictor import Predictor
 from ml.train.cli import build_parser, resolve_config
 from ml.train.finetune import initial_model
 from webapp import create_app
-from webapp.lifecycle import jobs
+from webapp.lifecycle import jobs, versions
 from webapp.lifecycle.gate import promotion_gate, record_feedback
 from webapp.lifecycle.site import Site
 from webapp.lifecycle.versions import ModelStore
@@ -78,7 +78,7 @@ def test_fine_tuning_on_feedback_records_it_in_the_card(admin_app):
         client.get(f"/api/v1/admin/jobs/{response.json['id']}", headers=auth_headers()).json), 300, 0.3, "the job")
     assert job["status"] == "succeeded", job
 
-    card = read_card(admin_app.instance_path + f"/models/{job['version']}")
+    card = versions.store(Site.of(admin_app)).card(job["version"])  # with the measure noted beside it
     assert card["feedback"]["trained_on"] == len(train) == card["data"]["extra_images"]
     measured = card["feedback"]["eval"]
     assert sorted(i["id"] for i in measured["items"]) == sorted(i["id"] for i in evaluation)
@@ -120,11 +120,10 @@ def margins(items, accuracy=0.0, unrecognised=0.0):
 
 
 def set_user_photos(store, version_id, **measure):
-    """Overwrite parts of the version's recorded measure on users' photos."""
-    path = store.path(version_id)
-    card = read_card(path)
-    card["feedback"]["eval"].update(measure)
-    write_json_atomic(path / CARD_FILE, card)
+    """Overwrite parts of the version's recorded measure on users' photos (the store's note beside
+    the version: its files never change)."""
+    section = store.notes(version_id)
+    store.write_notes(version_id, dict(section, eval=dict(section["eval"], **measure)))
 
 
 def test_gate_refuses_a_version_worse_on_users_photos(tmp_path, tiny_model_dir, two_versions):

@@ -67,7 +67,8 @@ def index():
     models = available_models()
     model = find_model(models, request.args.get("version"))
     try:
-        view = dashboard_view(read_card(model.path), model)
+        # the card with what was measured on users' photos after the version was stored
+        view = dashboard_view(versions.store(current_site()).noted(model.id, read_card(model.path)), model)
     except ModelFileError as error:
         log.warning("dashboard: %s", error)
         view = None

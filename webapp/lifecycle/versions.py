@@ -137,10 +137,11 @@ class ModelStore:
 
     def card(self, version_id: str) -> dict:
         """The version's card, with its feedback section when one was measured after it was stored."""
-        card = read_card(self.path(version_id))
-        if version_id == SHIPPED:
-            return card
-        notes = self.notes(version_id)
+        return self.noted(version_id, read_card(self.path(version_id)))
+
+    def noted(self, version_id: str, card: dict) -> dict:
+        """`card` (the version's card.json) with the feedback section noted beside the version."""
+        notes = {} if version_id == SHIPPED else self.notes(version_id)
         return dict(card, feedback=notes) if notes else card
 
     def describe(self, version_id: str, active_id: str = None) -> dict:
