@@ -7,7 +7,7 @@ SHARED_DIR ?= ../shared
 ARCHIVE := $(SHARED_DIR)/datasets/cifar10-train-jpeg.tar.gz
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install data browser servers serve lint test screenshots bench-train bench-serve bench-reload bench-explain soak package-photos evaluate \
+.PHONY: install data browser servers serve cluster lint test screenshots bench-train bench-serve bench-reload bench-explain soak package-photos evaluate \
 	ablation open-set
 
 install: $(VENV)/.installed
@@ -59,6 +59,17 @@ servers:
 
 serve: install data
 	PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+# A training worker (docs/operations.md, "Training workers"): takes the jobs queued on REDIS_URL, with the
+# settings `make serve` reads; CUDA_VISIBLE_DEVICES=0 TRAIN_DEVICE=cuda pins it to one GPU.
+.PHONY: worker
+worker: install data
+	$(BIN)/python -m webapp.lifecycle.worker
+
+# A small cluster on this machine until Ctrl-C (docs/deploy.md): PostgreSQL, Redis, SeaweedFS, two web
+# hosts, one training worker, nginx in front; prints nginx's URL and the admin token it made.
+cluster: install data servers
+	$(BIN)/python -m scripts.cluster
 
 # ruff, configured in pyproject.toml; `make test` does not run it, .ci/run runs both.
 lint: install
