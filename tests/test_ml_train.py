@@ -195,6 +195,34 @@ def test_a_stop_mid_epoch_resumes_in_process_to_the_same_weights(tmp_path, tiny_
     assert not ckpt.exists()
 
 
+def test_a_run_killed_without_warning_resumes_from_its_last_epoch_to_the_same_weights(tmp_path, tiny_dataset):
+    """--checkpoint-every-epoch (what a queued job's trainer runs with): a run that dies mid-epoch
+    with no chance to write anything resumes from the end of its last epoch as if never stopped."""
+    config = config_for(tiny_dataset, "--preset", "fast", "--widths", "8", "16", "16", "--epochs", "3",
+                        "--batch-size", "40", "--precision", "fp32", "--seed", "4")
+    reference = []
+    train(config, tmp_path / "ref", RunSettings(suite=False), emit=reference.append)
+    ckpt, records = tmp_path / "run.resume.pt", []
+
+    class Killed(Exception):
+        pass
+
+    def die_in_the_third_epoch(record):
+        records.append(record)
+        if record["type"] == "step" and record["epoch"] == 3:
+            raise Killed  # no stop flag, no checkpoint written now: as SIGKILL would leave it
+    with pytest.raises(Killed):
+        train(config, tmp_path / "run", RunSettings(ckpt, suite=False, checkpoint_every_epoch=True),
+              emit=die_in_the_third_epoch)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+    resumed = []
+    train(config, tmp_path / "run", RunSettings(ckpt, resume=True, suite=False), emit=resumed.append)
+    assert [r["epoch"] for r in resumed if r["type"] == "resumed"] == [3]
+    digests = [[r["weights_digest"] for r in run if r["type"] == "done"] for run in (reference, resumed)]
+    assert digests[0] == digests[1] and len(digests[0]) == 1
+    assert not ckpt.exists()
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, tiny_dataset):
     events, ckpt = tmp_path / "e.jsonl", tmp_path / "c.resume.pt"
     flags = ["--data", str(tiny_dataset), *SMALL, "--preset", "seed", "--epochs", "3", "--batch-size", "5"]
