@@ -34,6 +34,7 @@ from webapp.lifecycle.schema import ACTIVE  # noqa: F401 - re-exported: the stat
 
 DB_FILE = "admin.sqlite3"
 BUSY_TIMEOUT_S = 20
+CONNECT_TIMEOUT_S = 5
 WAL_RETRY_S = 0.02
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 WRITE_LOCK_KEY = 250_001  # PostgreSQL advisory lock of write_transaction (any fixed number)
@@ -86,7 +87,10 @@ def _create_engine(url: str) -> sa.Engine:
         made = sa.create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"timeout": BUSY_TIMEOUT_S})
         sa.event.listen(made, "connect", _sqlite_pragmas)
         return made
-    return sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    # connect_timeout: a database host that vanished must not hold a request (or the serving
+    # worker's once-a-second check of the active version) for the kernel's TCP timeout
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True,
+                            connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
