@@ -11,6 +11,8 @@ The loop itself: ml/train/loop.py.
 
 import argparse
 import json
+import os
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -20,11 +22,13 @@ import torch
 from ml.data.download import DownloadError
 from ml.train.distributed import StopFlag
 from ml.train.finetune import FINETUNE_EPOCHS, FINETUNE_LR_SCALE, fine_tuning
+from ml.train.libc import die_with_parent
 from ml.train.loop import RunSettings, train
 from ml.train.presets import PRESETS, add_hyperparameter_flags, preset_with_flags
 from ml.train.progress import terminal_line
 
 EXIT_STOPPED = 3  # stopped by SIGTERM/SIGINT after writing a resume checkpoint
+DIE_WITH_PARENT = "ML_TRAIN_DIE_WITH_PARENT"  # set (by a job runner): SIGKILL when the parent process exits
 
 
 def resolve_config(args) -> dict:
@@ -77,6 +81,8 @@ def build_parser():
 
 
 def main(argv=None):
+    if os.environ.get(DIE_WITH_PARENT):  # under torchrun: each rank dies with torchrun, as torchrun with its runner
+        die_with_parent(signal.SIGKILL)
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

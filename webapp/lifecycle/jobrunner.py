@@ -171,7 +171,8 @@ class Runner:
             with open(self.job_dir / "train.log", "ab") as log:
                 self.trainer = subprocess.Popen(
                     self.plan.command, cwd=self.plan.cwd, stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                    env=dict(os.environ, PYTHONUNBUFFERED="1", ML_TRAIN_DIE_WITH_PARENT="1"),  # torchrun's ranks too
                     preexec_fn=lambda: die_with_parent(signal.SIGKILL, runner_pid))
         except OSError as error:
             return self.finish("failed", error=f"could not start the trainer: {error}")
