@@ -30,7 +30,7 @@ from conftest import cluster_folder, make_model_dir, require_cluster_server
 from scripts.bench_reload import Load
 from scripts.cluster_net import Hosts, can_make_namespaces
 from scripts.nginx_front import nginx_binary
-from scripts.serve_tools import make_photos, photo_file, request
+from scripts.serve_tools import make_photos, multipart, photo_file, request
 
 pytestmark = pytest.mark.slow
 
@@ -116,6 +116,13 @@ def training(j) -> bool:
     return j["status"] == "running" and any(m["type"] == "step" for m in j["metrics"])
 
 
+def trained_version(cluster) -> str:
+    """The version the job test made (the tests after it need one)."""
+    if not getattr(cluster, "trained", None):
+        pytest.fail("no trained version: test_a_job_started_through_b_runs_on_a_worker_with_its_progress_on_a failed")
+    return cluster.trained
+
+
 def served(base) -> str:
     with urllib.request.urlopen(base + "/api/v1/model", timeout=10) as response:
         return json.loads(response.read())["version"]
@@ -135,18 +142,13 @@ def photo():
 
 
 def test_both_web_hosts_answer_predictions_through_nginx(cluster, photo):
-    body, ctype = _multipart(photo)
+    body, ctype = multipart([photo])
     for _ in range(12):
         status, answer = request(cluster.url, "POST", "/api/v1/predict", body, ctype)
         assert status == 200 and answer["predictions"][0]["label"], answer
     for name, web in cluster.web.items():  # nginx sent some to each (gunicorn's access log says)
         assert web.log_path.read_text().count("POST /api/v1/predict") > 0, name
         assert web.instance.is_relative_to(cluster.folder / name)
-
-
-def _multipart(photo):
-    from scripts.serve_tools import multipart
-    return multipart([photo])
 
 
 def test_racing_starts_give_one_job_which_a_worker_runs_and_a_cancel_through_a_stops(cluster):
@@ -192,7 +194,7 @@ def test_a_job_started_through_b_runs_on_a_worker_with_its_progress_on_a(cluster
 
 def test_rollback_through_b_and_promotion_through_a_reach_both_hosts_within_2_s(cluster, photo):
     a, b = cluster.web["a"].base, cluster.web["b"].base
-    trained = cluster.trained
+    trained = trained_version(cluster)
     load = Load(cluster.url, photo, clients=4, balancer=False).start()
     try:
         time.sleep(1)
@@ -211,7 +213,7 @@ def test_rollback_through_b_and_promotion_through_a_reach_both_hosts_within_2_s(
 
 def test_a_tampered_object_in_the_store_is_refused(cluster):
     a, b = cluster.web["a"].base, cluster.web["b"].base
-    trained = cluster.trained
+    trained = trained_version(cluster)
     assert api(cluster, a, "POST", "/versions/shipped/activate")[0] == 200
     all_serve(cluster, "test-1")
     client, bucket = cluster.store.client(), cluster.store.bucket
