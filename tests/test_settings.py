@@ -37,3 +37,18 @@ def test_the_factory_wires_the_request_class_and_the_filters(tmp_path):
     assert {"pct", "num", "duration", "when"} <= set(app.jinja_env.filters)
     assert app.jinja_env.from_string("{{ 0.9222 | pct }} {{ 1234 | num }} {{ 2052 | duration }}").render() == \
         "92.2% 1,234 34 min 12 s"
+
+
+def addresses_seen(app) -> list:
+    """The client address the rate limits count, for a request sent through one proxy (nginx)."""
+    from webapp.core.ratelimit import client_address
+    seen = []
+    app.add_url_rule("/whoami", "whoami", lambda: seen.append(client_address()) or "")
+    app.test_client().get("/whoami", headers={"X-Forwarded-For": "203.0.113.9"},
+                          environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    return seen
+
+
+def test_x_forwarded_for_counts_only_behind_a_configured_proxy(tmp_path):
+    assert addresses_seen(make_app(tmp_path / "direct")) == ["127.0.0.1"]  # a client cannot pick its address
+    assert addresses_seen(make_app(tmp_path / "behind", PROXY_HOPS=1)) == ["203.0.113.9"]  # nginx's word

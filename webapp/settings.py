@@ -37,6 +37,9 @@ SETTINGS = (
     ("NOVELTY_THRESHOLD", None, float),    # "none of these" above this novelty; unset: the model card's
     ("TORCH_THREADS", 1, int),             # per gunicorn worker
     ("SESSION_COOKIE_SECURE", False, flag),  # set true behind HTTPS
+    # proxies in front whose X-Forwarded-For/-Proto are believed (nginx in front: 1); 0 ignores
+    # them, so a client cannot choose the address its login throttle and feedback limit count
+    ("PROXY_HOPS", 0, int),
     ("ADMIN_PASSWORD", None, str),         # unset: generated at first start, printed once, only its hash kept
     ("ADMIN_TOKEN", None, str),            # bearer token of /api/v1/admin; same rule
     ("LOGIN_MAX_FAILURES", 5, int),        # failed admin logins per client within LOGIN_WINDOW_S

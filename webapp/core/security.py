@@ -1,4 +1,7 @@
-"""Security headers on every response (errors are answered by webapp.core.errors)."""
+"""Security headers on every response (errors are answered by webapp.core.errors), and the
+client's address and scheme as the trusted proxies in front (PROXY_HOPS) saw them."""
+
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'self'",
@@ -27,3 +30,6 @@ def add_security_headers(response):
 
 def init_app(app):
     app.after_request(add_security_headers)
+    hops = int(app.config["PROXY_HOPS"])
+    if hops > 0:  # behind nginx every client would otherwise be nginx's address, one rate limit for all
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
