@@ -122,7 +122,8 @@ class WebHost(_AppProcess):
     name = "web"
 
     def _env(self) -> dict:
-        return {**super()._env(), "WEB_HOST": self.host, "PORT": str(self.port)}
+        # PROXY_HOPS: nginx is in front, so its X-Forwarded-For names the client the rate limits count
+        return {**super()._env(), "WEB_HOST": self.host, "PORT": str(self.port), "PROXY_HOPS": "1"}
 
     def _argv(self) -> list:
         return [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "gunicorn.conf.py"), "wsgi:app"]
