@@ -43,8 +43,27 @@ def classify(model_file, photos):
     card = json.loads(session.get_modelmeta().custom_metadata_map["card"])
     probabilities, _, novelty = session.run(None, {"image": np.stack([decode(p) for p in photos])})
     threshold = card["novelty"]["threshold"]
-    return [{"label": card["classes"][int(p.argmax())], "confidence": float(p.max()),
-             "recognised": threshold is None or float(n) <= threshold} for p, n in zip(probabilities, novelty)]
+    answers = []
+    for p, n in zip(probabilities, novelty):
+        recognised = threshold is None or float(n) <= threshold
+        found = candidates(p, card["classes"], card.get("conformal"))
+        answers.append({"label": found[0], "confidence": float(p.max()), "candidates": found,
+                        "answer": "none" if not recognised else "sure" if len(found) == 1 else "unsure",
+                        "recognised": recognised})
+    return answers
+
+
+def candidates(probabilities, classes, sets):
+    """The conformal prediction set, most probable first, by the card's rule (its "conformal"
+    section): rank r is in when the r highest probabilities + lambda * max(0, r - k_reg) sum to at
+    most the threshold; the most probable class always is."""
+    order = np.argsort(-probabilities, kind="stable")
+    if not sets:
+        return [classes[order[0]]]
+    ranks = np.arange(1, len(order) + 1)
+    scores = np.cumsum(probabilities[order]) + sets["lambda"] * np.maximum(0, ranks - sets["k_reg"])
+    size = max(1, int((scores <= sets["threshold"]).sum()))
+    return [classes[i] for i in order[:size]]
 
 
 if __name__ == "__main__":

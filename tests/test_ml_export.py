@@ -23,6 +23,9 @@ from webapp.admin.exports import SUFFIXES
 
 TEMPERATURE = 1.7
 ENERGY_T = 3.0  # the novelty score's own temperature, as the card states it
+# prediction sets loose enough that an untrained net's near-uniform probabilities give several candidates
+CONFORMAL = {"method": "raps", "coverage": 0.95, "threshold": 0.33, "lambda": 0.01, "k_reg": 1,
+             "held_out": {"images": 0, "coverage": None, "mean_set_size": None}}
 
 
 def with_card(folder, **changes):
@@ -37,7 +40,7 @@ def served_like_the_site(tmp_path_factory):
     folder = make_model_dir(tmp_path_factory.mktemp("export") / "tta2")
     return with_card(folder, tta=2, temperature=TEMPERATURE,
                      novelty={"method": "energy", "energy_temperature": ENERGY_T, "threshold": -2.3026,
-                              "keep_share": 0.95})
+                              "keep_share": 0.95}, conformal=CONFORMAL)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +111,10 @@ def test_the_card_is_next_to_the_file_and_embedded_in_it(exports):
     assert {"decode", "jpeg_draft", "exif_transpose", "colour", "resize", "crop"} <= set(steps)
     assert steps["resize"]["filter_when_shrinking"].startswith("Image.BOX") and steps["letterbox"] is False
     assert card["normalization"]["mean"][0] == pytest.approx(0.4914)
+    sets = card["conformal"]  # the calibration round-trips: a client computes the sets from it
+    assert {k: sets[k] for k in ("method", "coverage", "threshold", "lambda", "k_reg")} == \
+        {k: CONFORMAL[k] for k in ("method", "coverage", "threshold", "lambda", "k_reg")}
+    assert "lambda * max(0, r - k_reg) <= threshold" in sets["rule"]
 
 
 def test_knn_novelty_is_computed_in_the_graph(tmp_path):
@@ -156,6 +163,7 @@ def awkward_photos() -> dict:
 
 
 def test_onnx_client_gives_the_sites_answer(exports, served_like_the_site, tmp_path):
+    """Label, confidence, novelty verdict and the prediction set (several candidates here)."""
     paths = []
     for name, data in awkward_photos().items():
         paths.append(tmp_path / name)
@@ -166,4 +174,6 @@ def test_onnx_client_gives_the_sites_answer(exports, served_like_the_site, tmp_p
     for path, answer, expected in zip(paths, answers, site):
         assert np.array_equal(onnx_client.decode(str(path)), predictor.decode(str(path))), path
         assert answer["label"] == expected["label"] and answer["recognised"] == expected["recognised"], path
+        assert answer["candidates"] == expected["candidates"] and answer["answer"] == expected["answer"], path
         assert answer["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
+    assert any(len(answer["candidates"]) > 1 for answer in answers)

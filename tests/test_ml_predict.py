@@ -154,6 +154,28 @@ def test_predict_cli_prints_one_line_per_image_and_fails_after_the_others(tmp_pa
     expected = Predictor(tiny_model_dir).predict([good])[0]
     assert lines[0]["label"] == expected["label"]
     assert lines[0]["confidence"] == pytest.approx(expected["confidence"], rel=1e-5)
+    # a card without conformal sets: the label is the one candidate
+    assert lines[0]["candidates"] == [expected["label"]] and lines[0]["answer"] == "sure"
+
+
+def test_the_cards_conformal_sets_give_the_candidates_most_probable_first(tmp_path):
+    from conftest import make_model_dir
+    from ml.data.files import write_json_atomic
+    from ml.nets.modelfile import CARD_FILE, read_card
+
+    folder = make_model_dir(tmp_path / "sets")
+    # an untrained net is near-uniform: ten classes' cumulative mass passes 0.35 after three or four
+    sets = {"method": "raps", "coverage": 0.95, "threshold": 0.35, "lambda": 0.0, "k_reg": 0}
+    write_json_atomic(folder / CARD_FILE, dict(read_card(folder), conformal=sets))
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(CASES["png"]())
+    out = subprocess.run([sys.executable, "-m", "ml.predict", "--model", str(folder), str(photo)],
+                         capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
+    line = json.loads(out.stdout)
+    assert len(line["candidates"]) > 1 and line["answer"] == "unsure"
+    assert line["candidates"] == [t["label"] for t in line["top"]][:len(line["candidates"])]
+    kept = sum(t["probability"] for t in line["top"][:len(line["candidates"])])
+    assert kept <= 0.35 < kept + line["top"][len(line["candidates"])]["probability"]
 
 
 # ---- "none of these": recognised and novelty ----

@@ -2,11 +2,16 @@
 suite and rewrite the folder (ml/calibrate/finish.py, the step a training run ends with):
 
     python -m ml.calibrate --model models/default --data data
+
+or, with --sets-only, fit just the conformal prediction sets and rewrite card.json alone:
+
+    python -m ml.calibrate --model models/default --data data --sets-only --coverage 0.95
 """
 
 import argparse
 
-from ml.calibrate.finish import FinishSettings, calibrate, finish
+from ml.calibrate import conformal
+from ml.calibrate.finish import FinishSettings, calibrate, finish, refit_sets
 from ml.nets.cardmodel import CardModel
 from ml.nets.device import pick_device
 from ml.nets.novelty import DEFAULT_KEEP_SHARE, DEFAULT_METHOD, ENERGY_TEMPERATURE, METHODS
@@ -31,21 +36,41 @@ def build_parser() -> argparse.ArgumentParser:
                              "--no-suite refits the temperature and the novelty threshold only")
     parser.add_argument("--keep-share", type=float, default=DEFAULT_KEEP_SHARE,
                         help="share of validation images that stay recognised at the threshold")
+    parser.add_argument("--coverage", type=float, default=conformal.DEFAULT_COVERAGE,
+                        help="stated coverage of the prediction sets: the share of photos whose true class "
+                             "is among the candidates (fitted on a fixed half of the validation split)")
+    parser.add_argument("--conformal-method", default=conformal.DEFAULT_METHOD, choices=conformal.METHODS,
+                        help="the prediction sets' score (docs/model.md: chosen by measurement)")
+    parser.add_argument("--sets-only", action="store_true",
+                        help="fit only the prediction sets at the card's temperature and rewrite card.json "
+                             "alone (everything else in the card stays); with --suite, their coverage and "
+                             "the refusals on the suite's variants and corruptions join the card too")
     return parser
+
+
+def print_sets(model, sets: dict):
+    held = sets["held_out"]
+    print(f"{model}: {sets['method']} sets at {sets['coverage']:.0%}: threshold {sets['threshold']:.4f}, held-out "
+          f"coverage {held['coverage']:.4f}, mean size {held['mean_set_size']:.3f} on {held['images']} images")
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     card_model = CardModel.load(args.model, pick_device(args.device))
     dataset = card_model.dataset(args.data)
+    settings = FinishSettings(args.data, suite=args.suite, novelty_method=args.novelty_method,
+                              keep_share=args.keep_share, energy_temperature=args.energy_temperature,
+                              coverage=args.coverage, conformal_method=args.conformal_method)
+    if args.sets_only:
+        print_sets(args.model, refit_sets(args.model, card_model, dataset, settings)["conformal"])
+        return
     before = card_model.card["evaluation"]["ece"]
     calibration = calibrate(card_model, dataset, shifted=args.fit_on == "shifted")
-    settings = FinishSettings(args.data, suite=args.suite, novelty_method=args.novelty_method,
-                              keep_share=args.keep_share, energy_temperature=args.energy_temperature)
-    novelty = finish(args.model, card_model, dataset, calibration, settings)["novelty"]
-    report = calibration.report
+    card = finish(args.model, card_model, dataset, calibration, settings)
+    novelty, report = card["novelty"], calibration.report
     print(f"{args.model}: temperature {calibration.temperature:.3f}, ECE {before:.4f} -> {report['ece']:.4f}, "
           f"accuracy {report['accuracy']:.4f}; novelty {novelty['method']} threshold {novelty['threshold']:.4f}")
+    print_sets(args.model, card["conformal"])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Temperature scaling makes the probabilities a user sees honest. Label smoothing 
 under-confident (it says 60% where it is right 90% of the time); one scalar temperature T, fitted
 on the validation split (and on the calibration mix of photos as they arrive) by minimising its
 cross-entropy, fixes that without changing any prediction: probabilities are softmax(logits / T).
-The novelty threshold says where "none of these" starts (ml/nets/novelty.py). Then the robustness
+The novelty threshold says where "none of these" starts (ml/nets/novelty.py); the conformal
+threshold which classes a photo may be at the stated coverage (ml/calibrate/conformal.py). Then the robustness
 suite's and far-out sets' figures and, for a new model, the serving policy go into the card, and
 the folder is written atomically with its gallery and the novelty bank.
 """
@@ -16,15 +17,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ml.calibrate import conformal
 from ml.data import robustness
 from ml.data.sources import Dataset, Split
 from ml.evaluate.farout import far_out_sets, novelty_report
 from ml.evaluate.report import report_from_logits
 from ml.evaluate.serving_policy import merged, serving_section
-from ml.evaluate.suite import SUITE_CORRUPTION_IMAGES, SUITE_VARIANT_IMAGES, robustness_report
+from ml.data.files import write_json_atomic
+from ml.evaluate.suite import SUITE_CORRUPTION_IMAGES, SUITE_VARIANT_IMAGES, robustness_report, suite_sets
 from ml.nets.cardmodel import CardModel
 from ml.nets.device import pick_amp_dtype
-from ml.nets.modelfile import gallery_files, novelty_file, write_model_dir
+from ml.nets.modelfile import CARD_FILE, gallery_files, novelty_file, write_model_dir
 from ml.nets.novelty import (BANK_SIZE, DEFAULT_KEEP_SHARE, DEFAULT_METHOD, ENERGY_TEMPERATURE, KNN_K,
                              fit_threshold, novelty_scores, training_bank)
 
@@ -49,6 +52,8 @@ class FinishSettings:
     novelty_method: str = DEFAULT_METHOD
     keep_share: float = DEFAULT_KEEP_SHARE
     energy_temperature: float = ENERGY_TEMPERATURE
+    coverage: float = conformal.DEFAULT_COVERAGE   # of the prediction sets
+    conformal_method: str = conformal.DEFAULT_METHOD
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -109,6 +114,31 @@ def fit_novelty(card_model: CardModel, dataset: Dataset, calibration: Calibratio
     return spec, bank
 
 
+def fit_sets(card_model: CardModel, logits: torch.Tensor, dataset: Dataset, settings: FinishSettings) -> CardModel:
+    """The card with its conformal prediction sets, fitted on the probabilities the card states
+    (calibrated logits at the card's TTA level, fp32) of a fixed half of the validation split."""
+    sets = conformal.fit_conformal(logits.softmax(1), dataset.val.labels, settings.coverage,
+                                   settings.conformal_method)
+    return card_model.with_card(conformal=dict(sets, fitted_on=f"{dataset.val_name} split, card TTA, fp32"))
+
+
+def refit_sets(model_dir, card_model: CardModel, dataset: Dataset, settings: FinishSettings) -> dict:
+    """Fit only the prediction sets of a finished model folder and rewrite its card.json alone (the
+    weights, temperature, novelty section and every measured figure stay as they were); with
+    `settings.suite`, the sets' coverage and the refusals on the suite's inputs join its robustness
+    section. Returns the card."""
+    card_model = fit_sets(card_model, card_model.outputs(dataset.val.images)[0], dataset, settings)
+    card = card_model.card
+    if settings.suite and card.get("robustness"):
+        amp_dtype = pick_amp_dtype("auto", card_model.device)
+        found = suite_sets(card_model, dataset.val, Path(settings.data_root) / ".cache", amp_dtype)
+        robustness = {key: dict(value, sets=found[key]) if key in found else value
+                      for key, value in card["robustness"].items()}
+        card = dict(card, robustness=robustness)
+    write_json_atomic(Path(model_dir) / CARD_FILE, card)
+    return card
+
+
 def measured(card_model: CardModel, val: Split, data_root) -> CardModel:
     """The card with the far-out sets' figures in its novelty section and the robustness suite's
     (bf16 where the hardware has it)."""
@@ -130,6 +160,8 @@ def finish(out_dir, card_model: CardModel, dataset: Dataset, calibration: Calibr
     if settings.novelty_method == "knn":
         files, novelty["bank_sha256"] = novelty_file(bank)
     card_model = card_model.with_card(novelty=novelty, novelty_bank=bank)
+    # fitted before the suite, so that it measures the sets' coverage under shift too
+    card_model = fit_sets(card_model, calibration.logits, dataset, settings)
     if settings.suite:
         card_model = measured(card_model, dataset.val, settings.data_root)
     card = card_model.card

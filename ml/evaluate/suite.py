@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ml.calibrate.conformal import set_metrics
 from ml.data import robustness
 from ml.data.sources import Split
 from ml.evaluate.report import shift_report
@@ -52,6 +53,15 @@ def recognised_share(card_model, logits, features):
     return (card_model.novelty(logits, features) <= card_model.novelty_threshold).float().mean().item()
 
 
+def sets_share(card_model, logits, labels):
+    """Coverage and mean size of the card's prediction sets on shifted inputs (None for a card
+    without them); the histogram stays with the validation figures."""
+    if not card_model.conformal:
+        return None
+    metrics = set_metrics(logits.softmax(1), labels, card_model.conformal)
+    return {"coverage": metrics["coverage"], "mean_set_size": metrics["mean_set_size"]}
+
+
 def variants_report(card_model, suite: SuiteInputs, amp_dtype=None) -> dict:
     """Agreement with the answer for the original image, accuracy and ECE on the client variants,
     over all of them and per variant."""
@@ -60,7 +70,8 @@ def variants_report(card_model, suite: SuiteInputs, amp_dtype=None) -> dict:
     logits, features = card_model.outputs(suite.variants.flatten(0, 1), amp_dtype)
     count = len(suite.variants)
     everything = dict(shift_report(logits, labels.repeat(count), original.repeat(count)),
-                      recognised=recognised_share(card_model, logits, features))
+                      recognised=recognised_share(card_model, logits, features),
+                      sets=sets_share(card_model, logits, labels.repeat(count)))
     logits = logits.view(count, len(labels), -1)
     per_variant = {name: shift_report(logits[i], labels, original)
                    for i, name in enumerate(robustness.VARIANT_NAMES)}
@@ -77,7 +88,8 @@ def corruptions_report(card_model, suite: SuiteInputs, amp_dtype=None) -> dict:
     per_corruption = {name: [(corrupted[name, s].argmax(1) == labels).float().mean().item() for s in SEVERITY_RANGE]
                       for name in robustness.CORRUPTIONS}
     return dict(shift_report(all_corrupted, labels.repeat(len(corrupted))), images=len(labels),
-                recognised=recognised, per_corruption=per_corruption)
+                recognised=recognised, per_corruption=per_corruption,
+                sets=sets_share(card_model, all_corrupted, labels.repeat(len(corrupted))))
 
 
 def robustness_report(card_model, val: Split, cache_dir, amp_dtype=None, variant_images=SUITE_VARIANT_IMAGES,
@@ -88,3 +100,34 @@ def robustness_report(card_model, val: Split, cache_dir, amp_dtype=None, variant
     return {"precision": str(amp_dtype or "torch.float32"), "tta": card_model.tta,
             "variants": variants_report(card_model, suite, amp_dtype),
             "corruptions": corruptions_report(card_model, suite, amp_dtype)}
+
+
+def suite_sets(card_model, val: Split, cache_dir, amp_dtype=None, variant_images=SUITE_VARIANT_IMAGES,
+               corruption_images=SUITE_CORRUPTION_IMAGES) -> dict:
+    """The card's prediction sets and refusals on the suite's inputs, without its other figures
+    (`python -m ml.calibrate --sets-only` adds them to a card measured before the sets existed):
+    coverage, mean set size and the recognised share on every client variant, and on the
+    corruptions in all and per severity."""
+    suite = suite_inputs(val, cache_dir, variant_images, corruption_images)
+    labels = suite.originals.labels
+    logits, features = card_model.outputs(suite.variants.flatten(0, 1), amp_dtype)
+    variants = dict(sets_share(card_model, logits, labels.repeat(len(suite.variants))),
+                    recognised=recognised_share(card_model, logits, features))
+    outputs = {key: card_model.outputs(images, amp_dtype) for key, images in suite.corrupted.items()}
+    per_severity = []
+    for severity in SEVERITY_RANGE:
+        keys = [key for key in outputs if key[1] == severity]
+        logits = torch.cat([outputs[key][0] for key in keys])
+        features = torch.cat([outputs[key][1] for key in keys])
+        per_severity.append(dict(sets_share(card_model, logits, labels_of(suite, len(keys))), severity=severity,
+                                 recognised=recognised_share(card_model, logits, features)))
+    logits = torch.cat([o[0] for o in outputs.values()])
+    corruptions = dict(sets_share(card_model, logits, labels_of(suite, len(outputs))),
+                       recognised=recognised_share(card_model, logits, torch.cat([o[1] for o in outputs.values()])),
+                       per_severity=per_severity)
+    return {"variants": variants, "corruptions": corruptions}
+
+
+def labels_of(suite: SuiteInputs, sets: int) -> torch.Tensor:
+    """The corruption subset's labels for `sets` corrupted copies of it, in order."""
+    return suite.corruption_labels.repeat(sets)

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import torch
 from torch import nn
 
+from ml.calibrate.conformal import set_rule
 from ml.data.batches import normalize
 from ml.data.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
 from ml.nets.cardmodel import CardModel
@@ -128,8 +129,19 @@ def export_card(card_model: CardModel, fmt: str, tta: int) -> dict:
         "novelty": {"method": method, "score": scores[method], "threshold": card_model.novelty_threshold,
                     "rule": "recognised when novelty <= threshold (always, without a threshold); "
                             "otherwise the answer is 'none of these' and the label only the closest guess"},
-        "answer": "label = classes[argmax(probabilities)], confidence = its probability, the top 5 by probability",
+        "conformal": conformal_spec(card_model.conformal),
+        "answer": "label = classes[argmax(probabilities)], confidence = its probability, the top 5 by probability; "
+                  "candidates by the conformal rule (the label alone without one); answer 'none' when not "
+                  "recognised, else 'sure' with one candidate and 'unsure' with several",
     }
+
+
+def conformal_spec(spec):
+    """The prediction sets as a client computes them from the probabilities (None: the model has none)."""
+    if not spec:
+        return None
+    return {key: spec[key] for key in ("method", "coverage", "threshold", "lambda", "k_reg")} | {
+        "rule": set_rule(spec), "held_out": spec.get("held_out")}
 
 
 def build_exported(model_dir, tta=None):

@@ -12,6 +12,8 @@ What a card says about running its model:
   (ml/evaluate/serving_policy.py measures both);
 - `novelty`: the "none of these" method, its threshold and the energy score's temperature
   (ml/nets/novelty.py); a knn card's training-feature bank is stored beside the weights;
+- `conformal`: the prediction sets' rule, threshold and stated coverage (ml/calibrate/conformal.py);
+  a card without one answers with the top class alone;
 - `data`: the validation split it was trained beside (its size and seed).
 """
 
@@ -85,6 +87,7 @@ class CardModel:
         self.novelty_threshold = spec.get("threshold")
         self.energy_temperature = energy_temperature(spec)
         self.novelty_bank = novelty_bank
+        self.conformal = card.get("conformal")
 
     @classmethod
     def load(cls, path, device="cpu") -> "CardModel":

@@ -1,7 +1,9 @@
 """The Predictor: a model folder served. Photos (bytes or paths) in, decoded by ml/data/images.py;
 for each a label, its confidence, the top 5, `novelty` (higher = less like the training images;
 ml/nets/novelty.py) and `recognised` (novelty at most the card's threshold, or the one given):
-false means "none of the ten classes", the label is then only the closest guess.
+false means "none of the ten classes", the label is then only the closest guess; `candidates`: the
+classes of the conformal prediction set, most probable first (ml/calibrate/conformal.py), and
+`answer`: "sure" (one candidate), "unsure" (several) or "none" (not recognised).
 
 The card (ml/nets/cardmodel.py) sets the TTA policy, the temperature and the precision, which is
 bf16 or fp16 only where the card's agreement gate passed on this kind of device.
@@ -13,6 +15,7 @@ import threading
 import numpy as np
 import torch
 
+from ml.calibrate.conformal import answer_kind, candidates
 from ml.data.batches import normalize
 from ml.data.images import DEFAULT_MAX_PIXELS, decode_image
 from ml.nets.cardmodel import CardModel
@@ -84,9 +87,11 @@ class Predictor:
         top = probs.topk(min(TOP_K, len(self.classes)))
         ranked = [{"label": self.classes[i], "probability": float(p)}
                   for p, i in zip(top.values.tolist(), top.indices.tolist())]
-        recognised = self.novelty_threshold is None or novelty <= self.novelty_threshold
+        recognised = bool(self.novelty_threshold is None or novelty <= self.novelty_threshold)
+        candidate_labels = candidates(probs, self.classes, self.card_model.conformal)
         return {"label": ranked[0]["label"], "confidence": ranked[0]["probability"], "top": ranked,
-                "recognised": bool(recognised), "novelty": float(novelty)}
+                "candidates": candidate_labels, "answer": answer_kind(candidate_labels, recognised),
+                "recognised": recognised, "novelty": float(novelty)}
 
     def predict_arrays(self, arrays) -> list:
         if not arrays:
