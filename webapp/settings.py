@@ -57,6 +57,12 @@ SETTINGS = (
     ("WORKER_NAME", None, str),            # the host a job runs on, as its page says; unset: the host name
     ("JOB_HEARTBEAT_S", 5.0, float),       # a running job's worker writes its heartbeat this often
     ("JOB_LOST_S", 60.0, float),           # queue mode: no heartbeat for this long -> failed "worker lost"
+    # a job over several workers (`nodes` above 1): the address the other workers reach this one at
+    # for its rendezvous (unset: the address this host reaches the queue's host from), the port it
+    # listens on there (0: a free one at each job), and how long it waits for the other nodes
+    ("WORKER_ADDRESS", None, str),
+    ("WORKER_RDZV_PORT", 0, int),
+    ("JOB_NODES_WAIT_S", 300.0, float),
     # micro-batching: wait up to this for this worker's requests still being received or decoded
     # (never for requests not yet sent); 0: off. 30, not 5: 7 requests' reading and decoding on a
     # worker's one core take ~30 ms, and a shorter window closed batches early (docs/performance.md)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ml.nets.modelfile import ModelFileError
 from ml.train.libc import die_with_parent
-from webapp.lifecycle import jobs, versions
+from webapp.lifecycle import jobs, nodes, versions
 from webapp.lifecycle.db import ACTIVE, connect, write_transaction
 from webapp.lifecycle.gate import promotion_gate, record_feedback
 from webapp.lifecycle.objectstore import StoreError, open_store
@@ -64,12 +64,17 @@ def host_name(settings) -> str:
     return settings.get("WORKER_NAME") or socket.gethostname()
 
 
+JOB_BEAT = "UPDATE jobs SET heartbeat = :now WHERE id = :id AND status IN ('queued', 'running')"
+
+
 class Heartbeat:
     """A thread writing `jobs.heartbeat = now` into the job's row every `interval` seconds, on its
-    own connection, while the job is queued or running."""
+    own connection, while the job is queued or running (or another `statement` with :now and :id:
+    a node's row of a job over several workers)."""
 
-    def __init__(self, database_url, job_id, interval):
+    def __init__(self, database_url, job_id, interval, statement=JOB_BEAT):
         self.database_url, self.job_id, self.interval = database_url, job_id, max(0.05, float(interval))
+        self.statement = statement
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
 
@@ -86,8 +91,7 @@ class Heartbeat:
         try:
             while not self.stopped.wait(self.interval):
                 try:
-                    conn.execute("UPDATE jobs SET heartbeat = :now WHERE id = :id AND status IN ('queued', 'running')",
-                                 {"now": time.time(), "id": self.job_id})
+                    conn.execute(self.statement, {"now": time.time(), "id": self.job_id})
                 except Exception as error:  # the database away for a moment: try again at the next beat
                     print(f"heartbeat of job {self.job_id} not written: {error}", file=sys.stderr, flush=True)
         finally:
@@ -102,6 +106,8 @@ class Runner:
         row = self.conn.execute("SELECT * FROM jobs WHERE id = :id", {"id": job_id}).fetchone()
         self.params, self.spec = json.loads(row["params"]), json.loads(row["spec"] or "{}")
         self.queued = self.spec.get("mode") == "queue"
+        self.lead = nodes.Lead(self) if self.queued and int(self.params.get("nodes", 1)) > 1 else None
+        self.failure = None  # why the runner stopped the trainer itself (the other nodes never came)
         self.job_dir = jobs.jobs_root(site) / str(job_id)
         self.events = Tail(self.job_dir / "events.jsonl")
         self.log = Tail(self.job_dir / "train.log")
@@ -153,16 +159,7 @@ class Runner:
             return self.finish("cancelled", error=None)
         self.job_dir.mkdir(parents=True, exist_ok=True)
         try:
-            photos = jobs.user_photos(self.site, self.spec, self.job_id, self.params)
-            if self.spec.get("feedback") is None:
-                self.spec["feedback"] = jobs.recorded_photos(photos)
-                self.conn.execute("UPDATE jobs SET spec = :spec WHERE id = :id",
-                                  {"spec": json.dumps(self.spec), "id": self.job_id})
-            self.plan = jobs.plan(self.site, self.job_id, self.params, self.spec, photos)
-            if self.queued:
-                self.store = open_store(self.site.settings.get("MODEL_STORE_URL"), self.site.instance)
-                if self.params.get("resume"):
-                    self.fetch_checkpoint()
+            self.prepare()
         except (OSError, StoreError, ValueError, KeyError) as error:
             return self.finish("failed", error=f"the job could not be prepared on {host_name(self.site.settings)}: "
                                                f"{type(error).__name__}: {error}")
@@ -177,9 +174,26 @@ class Runner:
         except OSError as error:
             return self.finish("failed", error=f"could not start the trainer: {error}")
         self.update(status="running", started=time.time(), pid=self.trainer.pid)
+        if self.lead is not None:
+            self.lead.call_followers()
         returncode = self.watch()
         self.copy_output()
         return self.conclude(returncode)
+
+    def prepare(self):
+        """The job's feedback snapshot (recorded in its spec), its store, its resume checkpoint,
+        the rendezvous of a job over several workers, and its plan on this host."""
+        photos = jobs.user_photos(self.site, self.spec, self.job_id, self.params)
+        if self.spec.get("feedback") is None:
+            self.spec["feedback"] = jobs.recorded_photos(photos)
+            self.conn.execute("UPDATE jobs SET spec = :spec WHERE id = :id",
+                              {"spec": json.dumps(self.spec), "id": self.job_id})
+        if self.queued:
+            self.store = open_store(self.site.settings.get("MODEL_STORE_URL"), self.site.instance)
+            if self.params.get("resume"):
+                self.fetch_checkpoint()  # before the followers are called: they fetch it from this job's key
+        node = self.lead.open_rendezvous() if self.lead is not None else None
+        self.plan = jobs.plan(self.site, self.job_id, self.params, self.spec, photos, node=node)
 
     # ---- the resume checkpoint of a queued job, in the object store ----
 
@@ -226,7 +240,9 @@ class Runner:
             self.copy_output()
             self.sync_checkpoint()
             row = self.row()
-            if row["status"] not in ACTIVE:  # someone gave up on this job: stop the trainer for good
+            if self.lead is not None and self.failure is None:
+                self.failure = self.lead.check()
+            if row["status"] not in ACTIVE or self.failure:  # given up on: stop the trainer for good
                 signal_group(self.trainer.pid, signal.SIGKILL)
             elif row["cancel_requested"] or self.stop_requested:
                 self.stop_trainer()
@@ -272,6 +288,9 @@ class Runner:
                 self.update(device=starts[-1]["device"])  # the device the trainer picked (auto: cuda or cpu)
 
     def conclude(self, returncode) -> int:
+        if self.failure:
+            shutil.rmtree(self.job_dir / "model", ignore_errors=True)
+            return self.finish("failed", error=self.failure)
         cancelled = (self.term_sent_at is not None or returncode == EXIT_STOPPED
                      or bool(self.row()["cancel_requested"]))
         if returncode == 0 and not cancelled:
@@ -322,6 +341,8 @@ class Runner:
     def finish(self, status, error=None, result=None) -> int:
         self.update(status=status, finished=time.time(), error=error,
                     result=json.dumps(result) if result is not None else None)
+        if self.lead is not None:
+            self.lead.close(self.trainer.returncode if self.trainer else None)
         return 0 if status == "succeeded" else 1
 
 

@@ -44,7 +44,8 @@ PRESETS = tuple(TRAINING_PRESETS)
 # field -> (type, minimum, maximum)
 NUMERIC_FIELDS = {"epochs": (int, 1, 500), "lr": (float, 1e-6, 100.0), "batch_size": (int, 1, 8192),
                   "seed": (int, 0, 2**31 - 1), "limit": (int, 10, 10_000_000)}
-OTHER_FIELDS = {"preset", "data", "resume", "include_feedback", "init_from"}
+NODES = (int, 1, 8)  # `nodes`: worker hosts one job runs on (torchrun's nodes); not a trainer flag
+OTHER_FIELDS = {"preset", "data", "resume", "include_feedback", "init_from", "nodes"}
 TRUE, FALSE = (True, "on"), (None, False)  # JSON booleans, and the HTML form's checkbox ("on" or absent)
 
 
@@ -77,7 +78,7 @@ def data_sources(site) -> dict:
 
 
 def _number(name, value):
-    kind, low, high = NUMERIC_FIELDS[name]
+    kind, low, high = NODES if name == "nodes" else NUMERIC_FIELDS[name]
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise JobError(f"{name} must be a number")
     try:
@@ -113,6 +114,13 @@ def validate_params(site, data) -> dict:
         if data.get(name) is not None:
             params[name] = _number(name, data[name])
     params["include_feedback"] = _flag("include_feedback", data.get("include_feedback"))
+    if data.get("nodes") is not None:
+        params["nodes"] = _number("nodes", data["nodes"])
+        if params["nodes"] > 1 and not queue_mode(site):
+            # the other nodes are other workers taking follower entries from the queue: a local
+            # job has no queue and no other worker to ask
+            raise JobError("nodes above 1 needs the job queue (REDIS_URL) and that many training workers; "
+                           "without REDIS_URL a job runs on this host only")
     if data.get("init_from") is not None:
         params["init_from"] = _version(site, data["init_from"])
     return params
@@ -170,13 +178,38 @@ def _resume_params(site, conn, data) -> tuple:
     return dict(json.loads(row["params"]), resume=resume_id), json.loads(row["spec"])
 
 
-def build_command(site, params, job_dir, extra_data=None, every_epoch=False) -> list:
-    """The trainer's command line, from this host's settings; `extra_data`: the folder of reviewed
-    user photos to add; `every_epoch`: a resume checkpoint after every epoch (queued jobs)."""
-    settings = site.settings
+@dataclass(frozen=True)
+class Node:
+    """This host's part of a job over several workers: node `rank` of `nodes`, meeting the others
+    at `endpoint` (host:port of node 0), giving up after `wait_s` without them."""
+    nodes: int
+    rank: int
+    endpoint: str
+    wait_s: float
+
+
+def launcher(settings, node: Node = None) -> list:
+    """`python -m ml.train`, or torchrun with TRAIN_NPROC processes here and, for a node of a job
+    over several workers, torchrun's static rendezvous: node 0's agent hosts the store at the
+    endpoint, and node ranks fix the global ranks, so rank 0 (which writes the model) is on the
+    worker that took the job. (c10d's dynamic rendezvous orders nodes by address instead.)"""
     nproc = int(settings["TRAIN_NPROC"])
-    command = [sys.executable, "-m", "ml.train"] if nproc <= 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "-m", "ml.train"]
+    if nproc <= 1 and node is None:
+        return [sys.executable, "-m", "ml.train"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    if node is not None:
+        address, port = node.endpoint.rsplit(":", 1)
+        command += ["--nnodes", str(node.nodes), "--node-rank", str(node.rank), "--master-addr", address,
+                    "--master-port", port, "--rdzv-conf", f"timeout={max(1, int(node.wait_s))}"]
+    return command + ["-m", "ml.train"]
+
+
+def build_command(site, params, job_dir, extra_data=None, every_epoch=False, node: Node = None) -> list:
+    """The trainer's command line, from this host's settings; `extra_data`: the folder of reviewed
+    user photos to add; `every_epoch`: a resume checkpoint after every epoch (queued jobs); `node`:
+    this host's part of a job over several workers."""
+    settings = site.settings
+    command = launcher(settings, node)
     command += ["--preset", params["preset"], "--data", str(data_sources(site)[params["data"]]),
                 "--out", str(job_dir / "model"), "--events", str(job_dir / "events.jsonl"),
                 "--checkpoint", str(job_dir / "resume.pt")]
@@ -236,11 +269,13 @@ def recorded_photos(photos: dict) -> dict:
             "eval_items": [{k: item[k] for k in ("id", "hash", "label")} for item in photos["eval_items"]]}
 
 
-def plan(site, job_id, params, spec, photos=None) -> Plan:
-    """Job `job_id`'s folder, command and gate inputs on this host (`site`)."""
+def plan(site, job_id, params, spec, photos=None, node: Node = None) -> Plan:
+    """Job `job_id`'s folder, command and gate inputs on this host (`site`); `node`: this host's
+    part of a job over several workers."""
     job_dir = jobs_root(site) / str(job_id)
     photos = photos if photos is not None else user_photos(site, spec, job_id, params)
-    command = build_command(site, params, job_dir, photos["train_dir"], every_epoch=spec.get("mode") == "queue")
+    command = build_command(site, params, job_dir, photos["train_dir"], every_epoch=spec.get("mode") == "queue",
+                            node=node)
     margins = {"accuracy_margin": float(spec.get("feedback_margin", site.settings["FEEDBACK_MARGIN"])),
                "unrecognised_margin": float(spec.get("unrecognised_margin", site.settings["UNRECOGNISED_MARGIN"]))}
     return Plan(job_dir, command, str(PROJECT_ROOT), dict(photos, **margins),
@@ -267,7 +302,8 @@ def job_dict(conn, row, since=0, details=True) -> dict:
                created=_iso(row["created"]), started=_iso(row["started"]), finished=_iso(row["finished"]),
                heartbeat=_iso(row["heartbeat"]),
                waiting_for_worker=queued and row["status"] == "queued" and row["host"] is None,
-               duration_s=round(end - row["started"], 1) if row["started"] and end else None)
+               duration_s=round(end - row["started"], 1) if row["started"] and end else None,
+               rendezvous=row["rendezvous"], nodes=node_list(conn, row))
     if details:
         metrics = conn.execute("SELECT seq, record FROM metrics WHERE job_id = :id AND seq > :since ORDER BY seq",
                                {"id": row["id"], "since": since}).fetchall()
@@ -277,6 +313,16 @@ def job_dict(conn, row, since=0, details=True) -> dict:
                              {"id": row["id"], "n": LOG_TAIL_LINES}).fetchall()
         job["log_tail"] = [r["line"] for r in reversed(lines)]
     return job
+
+
+def node_list(conn, row) -> list:
+    """The workers taking part in a job over several of them (node 0 first); [] for any other job."""
+    if json.loads(row["params"]).get("nodes", 1) <= 1:
+        return []
+    rows = conn.execute("SELECT * FROM job_nodes WHERE job_id = :id ORDER BY node_rank", {"id": row["id"]}).fetchall()
+    return [{"rank": r["node_rank"], "host": r["host"], "device": r["device"], "processes": r["processes"],
+             "joined": _iso(r["joined"]), "heartbeat": _iso(r["heartbeat"]), "finished": _iso(r["finished"]),
+             "returncode": r["returncode"]} for r in rows]
 
 
 def _fail(conn, row, error):

@@ -28,6 +28,17 @@ jobs = sa.Table(
     # where it runs (migration 0002): the host and device of its worker, and that worker's heartbeat
     sa.Column("host", sa.Text), sa.Column("device", sa.Text), sa.Column("processes", sa.Integer),
     sa.Column("heartbeat", sa.Double),
+    sa.Column("rendezvous", sa.Text),  # migration 0003: host:port of a multi-node job's first node
+)
+
+# The nodes of a job run by several workers (migration 0003): node 0 is the worker that took the
+# job, node r > 0 the worker that took its r-th follower entry from the queue.
+job_nodes = sa.Table(
+    "job_nodes", metadata,
+    sa.Column("job_id", sa.Integer, primary_key=True), sa.Column("node_rank", sa.Integer, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False), sa.Column("device", sa.Text), sa.Column("processes", sa.Integer),
+    sa.Column("joined", sa.Double, nullable=False), sa.Column("heartbeat", sa.Double),
+    sa.Column("finished", sa.Double), sa.Column("returncode", sa.Integer), sa.Column("error", sa.Text),
 )
 
 metrics = sa.Table(

@@ -9,7 +9,9 @@ command and data come from this host's settings and instance folder; where it ru
 WORKER_NAME or the host name, TRAIN_DEVICE, TRAIN_NPROC) goes into the job's row.
 
 Several workers may run on one host or many; each takes one job at a time (the database admits
-one queued or running job anyway). Pin one to a GPU with CUDA_VISIBLE_DEVICES and TRAIN_DEVICE=cuda
+one queued or running job anyway). A job asked for `nodes: K` is run by K of them: the one that
+takes it is node 0 and queues K-1 follower entries that idle workers take (webapp.lifecycle.nodes).
+Pin one to a GPU with CUDA_VISIBLE_DEVICES and TRAIN_DEVICE=cuda
 (docs/operations.md). SIGTERM (or Ctrl-C): RQ's warm shutdown, after the current job; twice: now.
 """
 
@@ -22,6 +24,7 @@ from rq import SimpleWorker
 
 from webapp.lifecycle import jobqueue
 from webapp.lifecycle.jobrunner import Runner, host_name
+from webapp.lifecycle.nodes import Follower
 from webapp.lifecycle.site import Site
 from webapp.settings import SettingsError, instance_path, settings_for
 
@@ -45,6 +48,12 @@ def check_worker(settings):
 def run_job(job_id: int) -> int:
     """What the queue runs for one job (jobqueue.TASK): the runner on this host's site."""
     return Runner(worker_site(), int(job_id)).run()
+
+
+def follow_job(job_id: int, node_rank: int) -> int:
+    """What the queue runs for node `node_rank` > 0 of a job over several workers
+    (jobqueue.FOLLOW_TASK): webapp.lifecycle.nodes.Follower on this host's site."""
+    return Follower(worker_site(), int(job_id), int(node_rank)).run()
 
 
 def main(argv=None):
