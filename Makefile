@@ -7,7 +7,7 @@ SHARED_DIR ?= ../shared
 ARCHIVE := $(SHARED_DIR)/datasets/cifar10-train-jpeg.tar.gz
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install data browser servers serve cluster lint test screenshots bench-train bench-serve bench-reload bench-explain soak package-photos evaluate \
+.PHONY: install data browser servers serve cluster lint test screenshots bench-train bench-serve bench-reload bench-cluster bench-explain soak package-photos evaluate \
 	ablation open-set
 
 install: $(VENV)/.installed
@@ -95,6 +95,11 @@ bench-serve: install data
 # gunicorn's stock worker, and two web hosts behind nginx (docs/operations.md).
 bench-reload: install data servers
 	$(BIN)/python -m scripts.bench_reload --baseline --nginx
+
+# Beyond one host (docs/deploy.md, as root): promotion to every web host, a job start to a worker, and
+# photos/s on a web host while a retraining runs on it or on a worker host, cores shared and split.
+bench-cluster: install data servers
+	$(BIN)/python -m scripts.bench_cluster
 
 # /api/v1/explain's latency on the shipped model, and the saliency map's per integration steps (README).
 bench-explain: install data
