@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from admin_support import TINY_JOB, admin_config, auth_headers
+from admin_support import TINY_JOB, admin_config, auth_headers, login
 from test_jobs_queue import cluster, dataset, job_of, redis_url, wait_status  # noqa: F401 (fixtures)
 from webapp import create_app
 from webapp.lifecycle import jobqueue, jobs
@@ -46,6 +46,11 @@ def test_a_two_node_job_runs_on_two_workers_and_node_0_writes_the_version(cluste
         lines = [r["line"] for r in conn.execute("SELECT line FROM log_lines WHERE job_id = :id", {"id": job["id"]})]
     assert any(line.startswith("all nodes joined: node 0 on worker-") for line in lines), lines[:20]
 
+    login(cluster.client_)
+    page = cluster.client_.get(f"/admin/jobs/{job['id']}").get_data(as_text=True)
+    assert 'id="job-nodes"' in page and "node 1 on <strong>" in page
+    assert 'name="nodes"' in cluster.client_.get("/admin/jobs/new").get_data(as_text=True)  # queue mode only
+
 
 def test_a_two_node_job_with_one_worker_fails_clearly_after_the_wait(cluster, redis_url):  # noqa: F811
     cluster.worker("worker-a", JOB_NODES_WAIT_S="3")
@@ -64,8 +69,11 @@ def test_a_two_node_job_with_one_worker_fails_clearly_after_the_wait(cluster, re
 def test_nodes_is_checked_and_a_local_job_runs_on_one_host_only(tmp_path, tiny_model_dir, dataset,  # noqa: F811
                                                                   nodes, message):
     app = create_app(admin_config(tmp_path, tiny_model_dir, dataset))
-    response = app.test_client().post("/api/v1/admin/jobs", json=dict(TINY_JOB, nodes=nodes), headers=auth_headers())
+    client = app.test_client()
+    response = client.post("/api/v1/admin/jobs", json=dict(TINY_JOB, nodes=nodes), headers=auth_headers())
     assert response.status_code == 400 and message in json.dumps(response.json), response.json
+    login(client)
+    assert 'name="nodes"' not in client.get("/admin/jobs/new").get_data(as_text=True)
 
 
 def test_a_node_runs_torchrun_with_a_static_rendezvous_at_node_0():

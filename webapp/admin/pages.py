@@ -65,7 +65,7 @@ def job_form(form, error):
     site = current_site()
     return render_template("admin/job_new.html", sources=jobs.data_sources(site), presets=jobs.preset_summaries(),
                            versions=versions.store(site).list(), feedback_counts=feedback.accepted_counts(site),
-                           form=form, error=error, running=jobs.active_job(site))
+                           form=form, error=error, running=jobs.active_job(site), queue_mode=jobs.queue_mode(site))
 
 
 @bp.post("/jobs")
