@@ -295,6 +295,22 @@ def test_none_of_these_section(shift_page):
     assert 'href="#robustness"' in shift_page and 'href="#none-of-these"' in shift_page
 
 
+def test_prediction_sets_coverage_and_size_beside_the_accuracy(tmp_path, page):
+    """From the card's conformal section (held-out validation half) and the suite's sets figures."""
+    robustness = robustness_part()
+    robustness["variants"]["sets"] = {"coverage": 0.9634, "mean_set_size": 1.2}
+    robustness["corruptions"]["sets"] = {"coverage": 0.8812, "mean_set_size": 1.4567}
+    sets = {"method": "raps", "coverage": 0.95, "threshold": 1.03, "lambda": 0.1, "k_reg": 1,
+            "held_out": {"images": 2500, "coverage": 0.9488, "mean_set_size": 1.1312, "size_histogram": [1, 2]}}
+    model_dir = make_full_model_dir(tmp_path / "model", robustness=robustness, conformal=sets)
+    summary = section(make_client(tmp_path, model_dir).get("/dashboard").get_data(as_text=True), "summary")
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", summary))
+    assert ("Prediction sets (raps, stated coverage 95.0%): the true class was among the candidates for 94.9% of "
+            "2,500 held-out validation images, with 1.131 candidates on average; on photos sent the way clients "
+            "send them 96.3% (1.200 candidates); under common corruptions 88.1% (1.457).") in text
+    assert 'id="prediction-sets"' not in page  # a card from before the sets
+
+
 def test_a_threshold_setting_is_shown_beside_the_cards(tmp_path):
     from webapp import create_app
     model_dir = make_full_model_dir(tmp_path / "model", novelty=novelty_part())

@@ -46,7 +46,7 @@ def gallery_file(model_path, name: str):
 def dashboard_view(card: dict, model: ModelVersion) -> dict:
     """Everything the page shows, one entry per section; None for a part the card lacks."""
     builders = {"identity": identity, "summary": summary, "user_photos": user_photos, "robustness": robustness,
-                "novelty": novelty, "per_class": per_class, "confusion": confusion,
+                "sets": prediction_sets, "novelty": novelty, "per_class": per_class, "confusion": confusion,
                 "history": history, "calibration": calibration, "misclassified": misclassified,
                 "dataset": dataset, "samples": samples, "facts": facts, "hyperparameters": hyperparameters}
     return {name: _section(name, builder, card, model) for name, builder in builders.items()}
@@ -121,6 +121,24 @@ def _corruptions(corruptions: dict) -> dict:
 def _mean(values):
     values = [float(v) for v in values if finite(v) is not None]
     return sum(values) / len(values) if values else None
+
+
+def prediction_sets(card, model):
+    """The conformal prediction sets (ml/calibrate/conformal.py): the stated coverage and what was
+    measured on the held-out half of validation and, when the suite measured them, on client
+    variants and corruptions. None for a card from before them."""
+    spec = card.get("conformal")
+    if not spec:
+        return None
+    held = spec.get("held_out") or {}
+    shifted = {}
+    for part in ("variants", "corruptions"):
+        figures = ((card.get("robustness") or {}).get(part) or {}).get("sets")
+        shifted[part] = {"coverage": finite(figures.get("coverage")),
+                         "mean_set_size": finite(figures.get("mean_set_size"))} if figures else None
+    return {"method": str(spec["method"]), "coverage": finite(spec.get("coverage")),
+            "images": held.get("images"), "measured": finite(held.get("coverage")),
+            "mean_set_size": finite(held.get("mean_set_size")), **shifted}
 
 
 def novelty(card, model):
