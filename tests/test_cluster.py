@@ -10,8 +10,10 @@ job starts spread over A and B give exactly one job, which runs on C or D, and a
 stops it there within 5 s; a job started through B runs on C or D with its progress seen on A and
 ends as a version; a rollback through B and a promotion through A are served by both web hosts
 within 2 s while a load through nginx loses no prediction; a tampered object in the store is
-refused; a SIGKILLed worker's job is "worker lost" on both web hosts and resumes on the other worker
-to success; SIGKILL of web host B loses no prediction through nginx.
+refused; a two-node job (`nodes: 2`, torchrun's rendezvous with gloo) runs across C and D, node 0
+on the worker that took it, and makes a version; a SIGKILLed worker's job is "worker lost" on both
+web hosts and resumes on the other worker to success; SIGKILL of web host B loses no prediction
+through nginx.
 
 Skips, saying why, when not root or a server is missing; in CI (CI=true) that is a failure instead."""
 
@@ -226,6 +228,20 @@ def test_a_tampered_object_in_the_store_is_refused(cluster):
     assert api(cluster, a, "GET", "/versions")[1]["active"] == "shipped"
     assert all(served(w.base) == "test-1" for w in cluster.web.values())
     client.put_object(Bucket=bucket, Key=key, Body=weights)  # as it was, for what follows
+
+
+def test_a_two_node_job_runs_across_c_and_d_and_makes_a_version(cluster):
+    a, b = cluster.web["a"].base, cluster.web["b"].base
+    status, started = api(cluster, a, "POST", "/jobs", dict(TINY_JOB, nodes=2))
+    assert status == 202, started
+    done = wait_job(cluster, b, started["id"], lambda j: j["status"] in DONE, 240, "the two-node job to end")
+    assert done["status"] == "succeeded" and done["version"], done
+    nodes = done["nodes"]
+    assert sorted(n["host"] for n in nodes) == ["c", "d"] and all(n["returncode"] == 0 for n in nodes), nodes
+    assert nodes[0]["rank"] == 0 and nodes[0]["host"] == done["host"]  # rank 0 on the worker that took it
+    # the rendezvous is on node 0's own address on the bridge, which the other namespace reached
+    assert done["rendezvous"].startswith(cluster.hosts.address(done["host"]) + ":"), done["rendezvous"]
+    assert [m["world_size"] for m in done["metrics"] if m["type"] == "start"] == [2]
 
 
 def test_a_killed_worker_s_job_is_lost_on_both_hosts_and_resumes_on_the_other(cluster):

@@ -6,10 +6,11 @@ runs rank 1. With only one worker the job fails with a clear error once JOB_NODE
 A local job (no REDIS_URL) refuses nodes above 1."""
 
 import json
+import time
 
 import pytest
 
-from admin_support import TINY_JOB, admin_config, auth_headers, login
+from admin_support import LONG_JOB, TINY_JOB, admin_config, auth_headers, login, training, wait_for
 from test_jobs_queue import cluster, dataset, job_of, redis_url, wait_status  # noqa: F401 (fixtures)
 from webapp import create_app
 from webapp.lifecycle import jobqueue, jobs
@@ -82,3 +83,18 @@ def test_a_node_runs_torchrun_with_a_static_rendezvous_at_node_0():
                            "--master-addr", "10.0.0.5", "--master-port", "29400", "--rdzv-conf", "timeout=60",
                            "-m", "ml.train"]
     assert jobs.launcher({"TRAIN_NPROC": 1})[1:] == ["-m", "ml.train"]
+
+
+def test_a_cancel_stops_every_node_of_a_two_node_job(cluster):  # noqa: F811
+    cluster.worker("worker-a")
+    cluster.worker("worker-b")
+    job = cluster.api("post", "/jobs", json=dict(LONG_JOB, nodes=2)).json
+    running = wait_for(lambda: (lambda j: j if training(j) and len(j["nodes"]) == 2 else None)(
+        job_of(cluster, job["id"])), 240, 0.2, "both nodes to train")
+    asked = time.time()
+    assert cluster.api("post", f"/jobs/{job['id']}/cancel").status_code == 202
+    done = wait_status(cluster, job["id"], timeout=30)
+    assert done["status"] == "cancelled" and time.time() - asked < 5, done
+    ended = wait_for(lambda: (lambda j: j if all(n["finished"] for n in j["nodes"]) else None)(
+        job_of(cluster, job["id"])), 30, 0.2, "the follower to stop")
+    assert [n["rank"] for n in ended["nodes"]] == [0, 1], running

@@ -169,7 +169,7 @@ class Runner:
                 self.trainer = subprocess.Popen(
                     self.plan.command, cwd=self.plan.cwd, stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True,
-                    env=dict(os.environ, PYTHONUNBUFFERED="1", ML_TRAIN_DIE_WITH_PARENT="1"),  # torchrun's ranks too
+                    env=self.trainer_environment(),
                     preexec_fn=lambda: die_with_parent(signal.SIGKILL, runner_pid))
         except OSError as error:
             return self.finish("failed", error=f"could not start the trainer: {error}")
@@ -194,6 +194,13 @@ class Runner:
                 self.fetch_checkpoint()  # before the followers are called: they fetch it from this job's key
         node = self.lead.open_rendezvous() if self.lead is not None else None
         self.plan = jobs.plan(self.site, self.job_id, self.params, self.spec, photos, node=node)
+
+    def trainer_environment(self) -> dict:
+        """PYTHONUNBUFFERED, and ML_TRAIN_DIE_WITH_PARENT so torchrun's ranks die with it as it
+        dies with this runner; node 0 of a job over several workers: gloo's interface too."""
+        if self.lead is not None:
+            return nodes.trainer_environment(self.lead.address)
+        return dict(os.environ, PYTHONUNBUFFERED="1", ML_TRAIN_DIE_WITH_PARENT="1")
 
     # ---- the resume checkpoint of a queued job, in the object store ----
 

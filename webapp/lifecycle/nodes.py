@@ -34,6 +34,7 @@ from webapp.lifecycle.db import ACTIVE, connect, write_transaction
 from webapp.lifecycle.objectstore import StoreError, open_store
 from webapp.lifecycle.procs import signal_group
 
+SIOCGIFADDR = 0x8915  # linux/sockios.h
 NODE_BEAT = "UPDATE job_nodes SET heartbeat = :now WHERE job_id = :id AND node_rank = {rank}"
 
 
@@ -44,6 +45,40 @@ def route_address(url: str) -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect((parts.hostname or "127.0.0.1", parts.port or 6379))
         return probe.getsockname()[0]
+
+
+def interface_of(address: str):
+    """The name of this host's network interface holding IPv4 `address`, or None (not Linux, or no
+    such interface): ioctl SIOCGIFADDR on each interface."""
+    import fcntl
+    import struct
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                answer = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue  # no IPv4 address on it
+            if socket.inet_ntoa(answer[20:24]) == address:
+                return name
+    return None
+
+
+def trainer_environment(address: str) -> dict:
+    """The trainer's environment: gloo finds its own address by resolving the host name, and where
+    that fails (or names another interface) it binds to loopback, which the other hosts cannot
+    reach; so unless the operator chose, it binds to the interface of the address the other
+    workers reach this one at. NCCL's own choice skips loopback and is left alone."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", ML_TRAIN_DIE_WITH_PARENT="1")  # torchrun's ranks die with it
+    if "GLOO_SOCKET_IFNAME" not in env:
+        interface = interface_of(address)
+        if interface:
+            env["GLOO_SOCKET_IFNAME"] = interface
+    return env
+
+
+def node_address(settings) -> str:
+    """The address the other workers reach this one at: WORKER_ADDRESS, else the route to the queue."""
+    return settings.get("WORKER_ADDRESS") or route_address(settings["REDIS_URL"])
 
 
 def free_port(address: str) -> int:
@@ -74,11 +109,12 @@ class Lead:
         self.nodes, self.wait_s = int(runner.params["nodes"]), float(settings["JOB_NODES_WAIT_S"])
         self.lost_s, self.beat_s = float(settings["JOB_LOST_S"]), float(settings["JOB_HEARTBEAT_S"])
         self.endpoint, self.entries, self.deadline, self.joined, self.beaten = None, [], None, False, 0.0
+        self.address = None
 
     def open_rendezvous(self) -> jobs.Node:
         """Pick the endpoint and record it with node 0's row; OSError when the address is not this host's."""
         settings = self.runner.site.settings
-        address = settings.get("WORKER_ADDRESS") or route_address(settings["REDIS_URL"])
+        self.address = address = node_address(settings)
         port = int(settings.get("WORKER_RDZV_PORT") or 0) or free_port(address)
         self.endpoint = f"{address}:{port}"
         conn = self.runner.conn
@@ -210,7 +246,7 @@ class Follower:
         with open(self.job_dir / "train.log", "ab") as log:
             self.trainer = subprocess.Popen(
                 plan.command, cwd=plan.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1", ML_TRAIN_DIE_WITH_PARENT="1"),
+                start_new_session=True, env=trainer_environment(node_address(settings)),
                 preexec_fn=lambda: die_with_parent(signal.SIGKILL, worker_pid))
         print(f"job {self.job_id}: node {self.rank} of {node.nodes} runs, rendezvous at {node.endpoint}", flush=True)
         return self.watch()
