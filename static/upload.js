@@ -70,8 +70,9 @@
   function scoreList(prediction) {
     const list = element("ol", "scores");
     list.setAttribute("aria-label", "Top " + prediction.top.length + " classes for " + prediction.filename);
+    const candidates = prediction.candidates || [];
     for (const entry of prediction.top) {
-      const item = element("li", "score");
+      const item = element("li", candidates.includes(entry.label) ? "score candidate" : "score");
       const bar = element("meter", "score-bar");
       bar.min = 0;
       bar.max = 1;
@@ -93,14 +94,34 @@
       verdict.append(element("strong", null, prediction.label), ", " + wholePercent(prediction.confidence));
       return;
     }
-    verdict.textContent = "Looks like ";
-    verdict.append(element("strong", null, prediction.label), " ",
-                   element("span", "muted", "(" + percent(prediction.confidence) + " sure)"));
+    const candidates = prediction.candidates && prediction.candidates.length ? prediction.candidates : [prediction.label];
+    verdict.textContent = capitalise(article(candidates[0])) + " ";
+    verdict.append(element("strong", null, candidates[0]));
+    if (candidates.length === 1) {
+      verdict.append(" ", element("span", "muted", "(" + percent(prediction.confidence) + " sure)"));
+      return;
+    }
+    // unsure: every class of the prediction set, most probable first ("A cat, or maybe a dog")
+    verdict.classList.add("unsure");
+    verdict.append(", or maybe ");
+    candidates.slice(1).forEach((label, i, others) => {
+      if (i > 0) verdict.append(i === others.length - 1 ? " or " : ", ");
+      verdict.append(article(label) + " ", element("strong", null, label));
+    });
+  }
+
+  function article(label) {
+    return "aeiou".includes(label.charAt(0)) ? "an" : "a";
+  }
+
+  function capitalise(word) {
+    return word.charAt(0).toUpperCase() + word.slice(1);
   }
 
   function showPrediction(card, prediction, model, file) {
     writeVerdict(card.querySelector(".verdict"), prediction);
     if (prediction.recognised === false) card.classList.add("unrecognised");
+    else if (prediction.answer === "unsure") card.classList.add("unsure");
     card.classList.add("explainable");
     card.querySelector(".card-body").append(
       whyControl(card, file), scoreList(prediction),

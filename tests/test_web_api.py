@@ -42,6 +42,9 @@ def assert_prediction(prediction, classes):
     probabilities = [t["probability"] for t in prediction["top"]]
     assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
     assert isinstance(prediction["recognised"], bool) and isinstance(prediction["novelty"], float)
+    assert prediction["candidates"][0] == prediction["label"]
+    assert prediction["answer"] == ("none" if not prediction["recognised"]
+                                    else "sure" if len(prediction["candidates"]) == 1 else "unsure")
 
 
 @pytest.fixture
@@ -356,6 +359,30 @@ def test_torchserve_raw_body_and_data_field(client, predictor):
     assert form.status_code == 200 and form.get_json() == scores
     put = conforms(client.put(url, data=GOOD["jpeg"][1]))  # curl -T photo.jpg
     assert put.status_code == 200 and put.get_json() == scores
+
+
+def test_the_cards_prediction_sets_give_one_or_several_candidates(tmp_path, tiny_model_dir):
+    """A card without sets answers "sure" with the label alone; one whose threshold an untrained
+    net's near-uniform probabilities pass only after a few classes answers "unsure" with them, most
+    probable first; the TorchServe route keeps its shape either way."""
+    from conftest import make_model_dir
+    from ml.data.files import write_json_atomic
+    from ml.nets.modelfile import CARD_FILE, read_card
+
+    one = conforms(post_images(make_client(tmp_path / "a", tiny_model_dir), [GOOD["jpeg"]])).get_json()
+    assert one["predictions"][0]["candidates"] == [one["predictions"][0]["label"]]
+    assert one["predictions"][0]["answer"] == "sure"
+    folder = make_model_dir(tmp_path / "sets")
+    sets = {"method": "raps", "coverage": 0.95, "threshold": 0.35, "lambda": 0.0, "k_reg": 0}
+    write_json_atomic(folder / CARD_FILE, dict(read_card(folder), conformal=sets))
+    client = make_client(tmp_path / "b", folder)
+    several = conforms(post_images(client, [GOOD["jpeg"]])).get_json()["predictions"][0]
+    assert_prediction(several, CIFAR10_CLASSES)
+    assert len(several["candidates"]) > 1 and several["answer"] == "unsure"
+    assert several["candidates"] == [t["label"] for t in several["top"]][:len(several["candidates"])]
+    scores = conforms(client.post("/predictions/test-airnet", data=GOOD["jpeg"][1],
+                                  content_type="image/jpeg")).get_json()
+    assert scores == {t["label"]: t["probability"] for t in several["top"]}
 
 
 def test_torchserve_errors(client, predictor):

@@ -12,7 +12,7 @@ from conftest import image_bytes
 from web_samples import bad_files, encode, good_files, noise_image, run_ml_predict
 
 GOOD, BAD = good_files(), bad_files()
-CARD = re.compile(r'<article class="card(?: unrecognised)?">(.*?)</article>', re.S)
+CARD = re.compile(r'<article class="card(?: unrecognised| unsure)?">(.*?)</article>', re.S)
 NONE_OF_THESE = "This doesn't look like any of the ten things I know."
 
 
@@ -84,7 +84,7 @@ def test_result_page_says_none_of_these_and_keeps_the_top_five(tmp_path, refusin
     label, percent = re.search(re.escape(NONE_OF_THESE) + r" Closest: <strong>(\w+)</strong>, (\d+)%", card).groups()
     closest = scores(card)[0]  # the first bar, to one decimal
     assert label == closest[0] and abs(int(percent) - float(closest[1].rstrip("%"))) <= 0.51
-    assert len(scores(card)) == 5 and "Looks like" not in card
+    assert len(scores(card)) == 5 and "sure)" not in card and "or maybe" not in card
 
 
 def test_page_follows_its_content_security_policy(client):
@@ -104,9 +104,41 @@ def test_form_post_renders_results_in_upload_order(client):
     cards = CARD.findall(page)
     assert [re.search(r'<h3 class="card-title">(.*?)</h3>', c).group(1) for c in cards] == ["photo.jpg", "palette.png"]
     for card in cards:
-        assert len(scores(card)) == 5 and "Looks like <strong>" in card and NONE_OF_THESE not in card
+        # the fixture's card has no prediction sets: one candidate, said as "A cat (12.3% sure)"
+        assert len(scores(card)) == 5 and NONE_OF_THESE not in card
+        assert re.search(r'<p class="verdict">An? <strong>\w+</strong> <span class="muted">\(\d+\.\d% sure\)', card)
         assert "Answered by test-airnet version test-1" in card
         assert re.search(r'<meter class="score-bar" min="0" max="1" value="[0-9.e-]+" aria-hidden="true">', card)
+
+
+def answered(result):
+    """A predictor's answer for one photo, as the Predictor shapes it."""
+    top = [{"label": label, "probability": p} for label, p in result["top"]]
+    return {"label": top[0]["label"], "confidence": top[0]["probability"], "top": top,
+            "candidates": result["candidates"], "answer": result["answer"], "recognised": True, "novelty": -1.0}
+
+
+@pytest.mark.parametrize("candidates, words", [
+    (["cat"], "A <strong>cat</strong>"),
+    (["cat", "dog"], "A <strong>cat</strong>, or maybe a <strong>dog</strong>"),
+    (["automobile", "truck", "airplane"],
+     "An <strong>automobile</strong>, or maybe a <strong>truck</strong> or an <strong>airplane</strong>"),
+])
+def test_result_page_says_the_candidates_and_marks_them_in_the_bars(app, client, monkeypatch, candidates, words):
+    from webapp.predict.serving import current_predictor
+    with app.app_context():
+        predictor = current_predictor()
+    ranked = list(zip(candidates + [c for c in ("frog", "ship", "horse", "deer", "bird") if c not in candidates],
+                      [0.5, 0.3, 0.1, 0.05, 0.03]))[:5]
+    result = answered({"top": ranked, "candidates": candidates, "answer": "sure" if len(candidates) == 1 else "unsure"})
+    monkeypatch.setattr(predictor, "predict_arrays", lambda arrays: [result for _ in arrays])
+    page = post_form(client, [GOOD["jpeg"]]).get_data(as_text=True)
+    card = CARD.search(page).group(0)
+    assert words in card
+    marked = re.findall(r'<li class="score candidate">\s*<span class="score-label">(\w+)</span>', card)
+    assert marked == candidates
+    assert ('<article class="card unsure">' in card) == (len(candidates) > 1)
+    assert ("50.0% sure" in card) == (len(candidates) == 1)
 
 
 def test_result_page_never_serves_the_upload_back(client):
