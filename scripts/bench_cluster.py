@@ -24,8 +24,9 @@ them). Every step runs one after the other, in one run, so the rows compare on t
    one worker on a one-core host, so the pinned rows compare with each other, not with the others.
 
 The clients run in this process, on both cores, in every phase. A retraining's phase begins once its
-trainer has logged two progress records; "training img/s" is the trainer's own rate before the load
-(its second record) and during it (the mean of its records within the phase).
+trainer has logged two progress records and lasts --phase-seconds, or longer (at most EXTRA_S more)
+until the trainer has logged a record whose whole window lay under the load; "training img/s" is
+the trainer's own rate before the load (its second record) and under it (those records' mean).
 """
 
 import argparse
@@ -52,6 +53,7 @@ SETTINGS = {"TRAIN_SUITE": "false", "WEB_DRAIN_S": "1"}
 WEB_CORE, OTHER_CORE = 0, 1
 POLL_S = 0.02
 WARM_UP_S = 3
+EXTRA_S = 180  # a phase with a retraining goes on until its trainer logged a record under the load
 
 
 # ---- the admin API ----
@@ -120,15 +122,18 @@ def served(base) -> str:
 
 # ---- load phases ----
 
-def load_phase(base, photo, clients, seconds) -> dict:
-    """`clients` clients posting `photo` to `base` for `seconds`: bench_reload's summary + photos/s."""
+def load_phase(base, photo, clients, seconds, until=None) -> dict:
+    """`clients` clients posting `photo` to `base` for `seconds`, and on while `until()` is false
+    (at most EXTRA_S more): bench_reload's summary, the phase's seconds and photos/s."""
     load = Load(base, photo, clients, balancer=False).start()
     began = time.perf_counter()
     time.sleep(seconds)
+    while until and not until() and time.perf_counter() - began < seconds + EXTRA_S:
+        time.sleep(0.5)
     ended = time.perf_counter()
     load.stop()
     row = summarise("", load.between(began, ended))
-    return dict(row, photos_per_s=(row["requests"] - row["failures"]) / (ended - began))
+    return dict(row, seconds=ended - began, photos_per_s=(row["requests"] - row["failures"]) / (ended - began))
 
 
 def phases(host, photo, args, label, pinner=None) -> list:
@@ -145,8 +150,11 @@ def phases(host, photo, args, label, pinner=None) -> list:
         ready = wait_job(host, job_id, lambda j: j["status"] == "running" and len(steps(j)) >= 2, 900,
                          "the retraining's second progress record", interval=1)
         before, since = steps(ready)[-1]["images_per_s"], ready["metrics"][-1]["seq"]
-        row = load_phase(base, photo, args.clients, args.phase_seconds)
-        during = [m["images_per_s"] for m in steps(job(host, job_id)) if m["seq"] > since]
+
+        def under_load():  # the trainer's records since the load began; the first's window began before
+            return [m["images_per_s"] for m in steps(job(host, job_id)) if m["seq"] > since][1:]
+        row = load_phase(base, photo, args.clients, args.phase_seconds, until=under_load)
+        during = under_load()
         busy = dict(row, setup=label[0], training=label[1], train_before=before,
                     train_during=statistics.mean(during) if during else float("nan"), host=ready.get("host"))
     finally:
