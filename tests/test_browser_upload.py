@@ -285,3 +285,33 @@ def test_gunicorn_settings(monkeypatch):
     monkeypatch.setenv("WEB_MAX_REQUESTS", "500")
     recycling = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
     assert recycling["max_requests"] == 500 and recycling["max_requests_jitter"] == 100
+
+
+def test_an_unsure_answer_names_its_candidates_and_marks_them_in_the_bars(watched, live_server, tmp_path):
+    """The JavaScript path says a two-class set as the template does: "A cat, or maybe a dog", both
+    marked in the top-5 bars. The server's answer is rewritten on its way to the page (a real photo
+    gives a two-class set only by chance), its top 5 kept."""
+    photo = tmp_path / "noise.png"
+    photo.write_bytes(encode(noise_image((64, 64)), "PNG"))
+    page = watched.page
+
+    prediction = api_prediction(live_server, photo)  # the server's own answer, asked beside the page
+    first, second = (t["label"] for t in prediction["top"][:2])
+    prediction.update(candidates=[first, second], answer="unsure", recognised=True)
+    version = json.loads(urllib.request.urlopen(live_server + "/api/v1/model", timeout=30).read())
+
+    def two_candidates(route):
+        route.fulfill(json={"model": {"name": version["name"], "version": version["version"]},
+                            "predictions": [prediction]})
+    page.route("**/api/v1/predict", two_candidates)
+    page.goto(live_server + "/")
+    page.set_input_files("#image-input", [str(photo)])
+    card = wait_for_cards(page, 1).first
+
+    def article(label):
+        return "an" if label[0] in "aeiou" else "a"
+    words = f"{article(first).capitalize()} {first}, or maybe {article(second)} {second}"
+    assert card.locator(".verdict").inner_text() == words
+    assert card.locator(".score.candidate .score-label").all_inner_texts() == [first, second]
+    assert "unsure" in card.get_attribute("class")
+    assert watched.errors == []
