@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from ml.calibrate import conformal
+from ml.nets import conformal
 from ml.predict.predictor import Predictor
 
 

@@ -1,4 +1,4 @@
-"""Conformal prediction sets (ml/calibrate/conformal.py): coverage at the stated level on synthetic
+"""Conformal prediction sets (ml/nets/conformal.py): coverage at the stated level on synthetic
 logits whose labels are drawn from their own softmax (so the probabilities are exactly calibrated),
 the fixed calibration split, the set rule, the answer kinds."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml.calibrate import conformal
+from ml.nets import conformal
 
 
 def synthetic(n, classes=10, seed=0, sharpness=3.0):

@@ -10,7 +10,7 @@ or, with --sets-only, fit just the conformal prediction sets and rewrite card.js
 
 import argparse
 
-from ml.calibrate import conformal
+from ml.nets import conformal
 from ml.calibrate.finish import FinishSettings, calibrate, finish, refit_sets
 from ml.nets.cardmodel import CardModel
 from ml.nets.device import pick_device

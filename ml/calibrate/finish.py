@@ -6,7 +6,7 @@ under-confident (it says 60% where it is right 90% of the time); one scalar temp
 on the validation split (and on the calibration mix of photos as they arrive) by minimising its
 cross-entropy, fixes that without changing any prediction: probabilities are softmax(logits / T).
 The novelty threshold says where "none of these" starts (ml/nets/novelty.py); the conformal
-threshold which classes a photo may be at the stated coverage (ml/calibrate/conformal.py). Then the robustness
+threshold which classes a photo may be at the stated coverage (ml/nets/conformal.py). Then the robustness
 suite's and far-out sets' figures and, for a new model, the serving policy go into the card, and
 the folder is written atomically with its gallery and the novelty bank.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ml.calibrate import conformal
+from ml.nets import conformal
 from ml.data import robustness
 from ml.data.sources import Dataset, Split
 from ml.evaluate.farout import far_out_sets, novelty_report

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ml.calibrate.conformal import set_metrics
+from ml.nets.conformal import set_metrics
 from ml.data import robustness
 from ml.data.sources import Split
 from ml.evaluate.report import shift_report

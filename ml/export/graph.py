@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 import torch
 from torch import nn
 
-from ml.calibrate.conformal import set_rule
+from ml.nets.conformal import set_rule
 from ml.data.batches import normalize
 from ml.data.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
 from ml.nets.cardmodel import CardModel

@@ -12,7 +12,7 @@ What a card says about running its model:
   (ml/evaluate/serving_policy.py measures both);
 - `novelty`: the "none of these" method, its threshold and the energy score's temperature
   (ml/nets/novelty.py); a knn card's training-feature bank is stored beside the weights;
-- `conformal`: the prediction sets' rule, threshold and stated coverage (ml/calibrate/conformal.py);
+- `conformal`: the prediction sets' rule, threshold and stated coverage (ml/nets/conformal.py);
   a card without one answers with the top class alone;
 - `data`: the validation split it was trained beside (its size and seed).
 """

@@ -2,7 +2,7 @@
 for each a label, its confidence, the top 5, `novelty` (higher = less like the training images;
 ml/nets/novelty.py) and `recognised` (novelty at most the card's threshold, or the one given):
 false means "none of the ten classes", the label is then only the closest guess; `candidates`: the
-classes of the conformal prediction set, most probable first (ml/calibrate/conformal.py), and
+classes of the conformal prediction set, most probable first (ml/nets/conformal.py), and
 `answer`: "sure" (one candidate), "unsure" (several) or "none" (not recognised).
 
 The card (ml/nets/cardmodel.py) sets the TTA policy, the temperature and the precision, which is
@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import torch
 
-from ml.calibrate.conformal import answer_kind, candidates
+from ml.nets.conformal import answer_kind, candidates
 from ml.data.batches import normalize
 from ml.data.images import DEFAULT_MAX_PIXELS, decode_image
 from ml.nets.cardmodel import CardModel

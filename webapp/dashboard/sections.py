@@ -124,7 +124,7 @@ def _mean(values):
 
 
 def prediction_sets(card, model):
-    """The conformal prediction sets (ml/calibrate/conformal.py): the stated coverage and what was
+    """The conformal prediction sets (ml/nets/conformal.py): the stated coverage and what was
     measured on the held-out half of validation and, when the suite measured them, on client
     variants and corruptions. None for a card from before them."""
     spec = card.get("conformal")

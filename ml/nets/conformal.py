@@ -15,6 +15,9 @@ conservative (coverage at least the stated level, a little over it in practice).
 
 Calibration uses a fixed half of the validation split (`calibration_split`); the other half, never
 seen by the threshold, measures the coverage and the set sizes stored in the card.
+
+It lives in ml.nets, beside the card it is read from, because the card model, the predictor, the
+suite and the export all apply the rule; ml.calibrate only fits it.
 """
 
 import math
