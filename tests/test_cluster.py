@@ -262,14 +262,21 @@ def test_a_killed_worker_s_job_is_lost_on_both_hosts_and_resumes_on_the_other(cl
     assert done["status"] == "succeeded" and done["host"] != lost_host and done["host"] in ("c", "d"), done
 
 
-def test_killing_web_host_b_loses_no_prediction_through_nginx(cluster, photo):
+def test_killing_web_host_b_loses_at_most_what_it_was_answering(cluster, photo):
     load = Load(cluster.url, photo, clients=4, balancer=False).start()
     try:
         time.sleep(2)
+        killed = time.perf_counter()
         cluster.web["b"].kill()
         time.sleep(4)
     finally:
         load.stop()
-    outcomes = [outcome for _, _, outcome in load.results]
-    assert len(outcomes) > 10 and outcomes.count("ok") == len(outcomes), [o for o in outcomes if o != "ok"][:5]
+    # nginx retries on the other host whatever B refused or reset before answering; only a response
+    # B was already writing when SIGKILL hit cannot be retried (seen once under load: a body cut
+    # short after its headers). Every prediction sent after the kill must succeed.
+    in_flight = [o for start, seconds, o in load.results if start < killed < start + seconds]
+    after = [o for start, _, o in load.results if start >= killed]
+    assert len(after) > 10 and after.count("ok") == len(after), [o for o in after if o != "ok"][:5]
+    lost = [o for start, seconds, o in load.results if start < killed and o != "ok"]
+    assert len(lost) <= len(in_flight), lost
     assert served(cluster.web["a"].base)
