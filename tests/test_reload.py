@@ -5,6 +5,7 @@ flight; workers exiting together never take the master down. Loopback only."""
 
 import os
 import signal
+import threading
 import time
 from types import SimpleNamespace
 
@@ -84,7 +85,7 @@ def fake_arbiter(workers, configured=2):
     logged = []
     log = SimpleNamespace(info=lambda *a: logged.append(a), exception=lambda *a: logged.append(a))
     return SimpleNamespace(WORKERS=dict.fromkeys(workers), _num_workers=configured,
-                           cfg=SimpleNamespace(workers=configured), log=log, logged=logged)
+                           cfg=SimpleNamespace(workers=configured, graceful_timeout=30), log=log, logged=logged)
 
 
 def test_the_reload_gate_keeps_old_workers_until_every_new_one_is_ready(tmp_path):
@@ -141,3 +142,19 @@ def test_a_draining_worker_stops_recycling(monkeypatch):
     graceful.start_draining()
     graceful.DrainingThreadWorker.serve_once(worker, wait_s=0)
     assert worker.max_requests > 10**9
+
+
+def test_the_drain_lasts_its_seconds_from_when_every_worker_serves(tmp_path, monkeypatch):
+    """Under load with recycling, both workers were loading when TERM came: nobody answered /readyz
+    503 during the drain, and what was queued was reset when the listener closed."""
+    monkeypatch.setattr(graceful, "_DRAIN_FLAG", bytearray(1))
+    monkeypatch.setitem(graceful._master, "run_folder", str(tmp_path))
+    graceful.reset_ready_folder(tmp_path)
+    arbiter = fake_arbiter([1, 2])
+    arbiter.manage_workers = lambda: None
+    graceful.mark_ready(str(tmp_path), 1)
+    threading.Timer(0.5, graceful.mark_ready, (str(tmp_path), 2)).start()  # worker 2 still loading
+    started = time.monotonic()
+    with pytest.raises(StopIteration):
+        graceful.drain_then_stop(arbiter, 0.3)
+    assert time.monotonic() - started >= 0.5 + 0.3 - 0.1  # checked every 0.1 s

@@ -127,6 +127,7 @@ class DrainingThreadWorker(ThreadWorker):
         is closed as it would be anyway; one accepted but silent that long is closed too."""
         for listener in self.sockets:
             self.poller.unregister(listener)
+            self.take_queued(listener)
             listener.close()  # this worker's copy: the master and the other workers keep listening
         deadline = time.monotonic() + self.cfg.graceful_timeout
         silent_limit = time.monotonic() + max(self.cfg.keepalive, 1)
@@ -137,6 +138,16 @@ class DrainingThreadWorker(ThreadWorker):
         self.tpool.shutdown(False)
         self.poller.close()
         futures.wait(self.futures, timeout=max(0.0, deadline - time.monotonic()))
+
+    def take_queued(self, listener, most=1000):
+        """Accept what already waits in the listener's queue, to serve it below: when the last copy
+        of the listener closes, the kernel resets every connection still queued in it."""
+        server = listener.getsockname()
+        for _ in range(most):
+            before = self.nr_conns
+            self.accept(server, listener)  # returns quietly when nothing waits (EAGAIN)
+            if self.nr_conns == before:
+                return
 
     def finish_request(self, fs):
         """gthread's, but a connection whose answer promised keep-alive stays open even when the
@@ -243,8 +254,19 @@ def drain_then_stop(arbiter, seconds: float) -> None:
     """The master's SIGTERM handler: /readyz 503 everywhere, keep serving `seconds`, then stop."""
     start_draining()
     arbiter.log.info("draining: /readyz answers 503; stopping in %.1f s", seconds)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:  # workers go on serving; SIGCHLD is still handled
+    started = time.monotonic()
+    deadline, give_up = started + seconds, started + seconds + arbiter.cfg.graceful_timeout
+    while time.monotonic() < min(deadline, give_up):  # workers go on serving; SIGCHLD is still handled
         arbiter.manage_workers()  # a worker that exited meanwhile is replaced, as in the master's loop
-        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        if not all_workers_ready(arbiter):
+            # Seen under load with recycling on: both workers were loading their model when TERM
+            # came, nobody answered /readyz 503 during the drain, and what clients sent meanwhile was
+            # reset when the listener closed. The drain lasts `seconds` from when every worker serves.
+            deadline = time.monotonic() + seconds
+        time.sleep(0.1)
     raise StopIteration  # gunicorn's own graceful stop: close the listener, TERM the workers
+
+
+def all_workers_ready(arbiter) -> bool:
+    run_folder = _master.get("run_folder")
+    return run_folder is None or all(is_ready(run_folder, pid) for pid in arbiter.WORKERS)
