@@ -44,7 +44,7 @@ import urllib.request
 from pathlib import Path
 
 from scripts.bench_reload import Load, summarise
-from scripts.serve_tools import Server, exit_on_sigterm, make_photos, photo_file, worker_pids
+from scripts.serve_tools import Server, exit_on_sigterm, make_photos, photo_file, wait_for, worker_pids
 
 DONE = ("succeeded", "failed", "cancelled")
 VERSION_JOB = {"preset": "seed", "epochs": 1, "limit": 300, "batch_size": 50}  # a second version, quickly
@@ -69,16 +69,6 @@ def api(host, method, path, body=None, timeout=30):
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
-
-
-def wait_for(check, timeout, what, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
 
 
 def job(host, job_id) -> dict:

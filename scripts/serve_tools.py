@@ -103,6 +103,18 @@ def photo_file(path, fmt) -> tuple:
 
 # ---- the server ----
 
+def wait_for(check, timeout: float, what: str, interval: float = 0.2):
+    """`check()`'s first true value, polled every `interval` s; TimeoutError naming `what` after
+    `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
 def exit_on_sigterm():
     """SIGTERM ends the script through its `finally` blocks, so the server it started stops too."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -32,7 +32,7 @@ from conftest import cluster_folder, make_model_dir, require_cluster_server
 from scripts.bench_reload import Load
 from scripts.cluster_net import Hosts, can_make_namespaces
 from scripts.nginx_front import nginx_binary
-from scripts.serve_tools import make_photos, multipart, photo_file, request
+from scripts.serve_tools import make_photos, multipart, photo_file, request, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -98,16 +98,6 @@ def job(cluster, base, job_id) -> dict:
     status, answer = api(cluster, base, "GET", f"/jobs/{job_id}")
     assert status == 200, answer
     return answer
-
-
-def wait_for(check, timeout, what, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def wait_job(cluster, base, job_id, check, timeout, what):
