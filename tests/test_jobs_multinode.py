@@ -6,7 +6,9 @@ runs rank 1. With only one worker the job fails with a clear error once JOB_NODE
 A local job (no REDIS_URL) refuses nodes above 1."""
 
 import json
+import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,7 +16,8 @@ from admin_support import LONG_JOB, TINY_JOB, admin_config, auth_headers, login,
 from test_jobs_queue import cluster, dataset, job_of, redis_url, wait_status  # noqa: F401 (fixtures)
 from webapp import create_app
 from webapp.lifecycle import jobqueue, jobs
-from webapp.lifecycle.db import database
+from webapp.lifecycle import nodes
+from webapp.lifecycle.db import connect, database, sqlite_url
 
 
 def test_a_two_node_job_runs_on_two_workers_and_node_0_writes_the_version(cluster):  # noqa: F811
@@ -98,3 +101,48 @@ def test_a_cancel_stops_every_node_of_a_two_node_job(cluster):  # noqa: F811
     ended = wait_for(lambda: (lambda j: j if all(n["finished"] for n in j["nodes"]) else None)(
         job_of(cluster, job["id"])), 30, 0.2, "the follower to stop")
     assert [n["rank"] for n in ended["nodes"]] == [0, 1], running
+
+
+def lead_of_job(tmp_path, lost_s):
+    """Node 0 of job 1 over two nodes, on a SQLite database with node 1's row still running."""
+    url = sqlite_url(tmp_path)
+    conn = connect(url)
+    now = time.time()
+    for rank in (0, 1):
+        conn.execute("INSERT INTO job_nodes (job_id, node_rank, host, joined, heartbeat) "
+                     "VALUES (1, :rank, :host, :now, :now)", {"rank": rank, "host": f"worker-{rank}", "now": now})
+    settings = {"JOB_NODES_WAIT_S": 10, "JOB_LOST_S": lost_s, "JOB_HEARTBEAT_S": 1}
+    runner = SimpleNamespace(job_id=1, params={"nodes": 2}, site=SimpleNamespace(settings=settings), conn=conn)
+    return nodes.Lead(runner), url
+
+
+def end_node_1(url, code, after_s):
+    def end():
+        time.sleep(after_s)
+        with database(url) as conn:
+            conn.execute("UPDATE job_nodes SET finished = :at, returncode = :code WHERE node_rank = 1",
+                         {"at": time.time(), "code": code})
+    threading.Thread(target=end, daemon=True).start()
+
+
+def test_node_0_calls_the_job_over_only_once_the_other_node_recorded_its_end(tmp_path):
+    lead, url = lead_of_job(tmp_path, lost_s=30)
+    end_node_1(url, 0, after_s=1.0)
+    began = time.monotonic()
+    assert lead.settle() is None
+    assert time.monotonic() - began >= 1.0
+    assert lead.nodes_rows()[1]["finished"] is not None
+
+
+def test_a_node_that_ends_with_an_error_after_node_0_succeeded_fails_the_job(tmp_path):
+    lead, url = lead_of_job(tmp_path, lost_s=30)
+    end_node_1(url, 3, after_s=0.5)
+    assert lead.settle() == "node 1 on worker-1 stopped with status 3"
+
+
+def test_a_node_that_never_ends_holds_node_0_for_job_lost_s_at_most(tmp_path):
+    lead, _ = lead_of_job(tmp_path, lost_s=1.5)
+    began = time.monotonic()
+    failure = lead.settle()  # node 1 sent no heartbeat since it joined: lost after JOB_LOST_S
+    assert failure.startswith(jobs.WORKER_LOST + ": node 1 on worker-1 sent no heartbeat")
+    assert 1.5 <= time.monotonic() - began < 5

@@ -11,7 +11,9 @@ from ml.train.libc import glibc
 
 # Forward and backward passes of a narrow airnet on a batch whose activations (about 90 MB per
 # layer) are larger than glibc's mmap threshold, as in real training; prints the page faults of
-# the steps after the first.
+# two steps after two warm-up steps (the heap reaches its peak over the first two: measured here
+# 157,000 then 7,700-50,000 faults with the settings, 0 from the third step on, against about
+# 230,000 every step without them).
 STEPS = """
 import json, resource, sys, torch
 from ml.train.libc import keep_freed_memory
@@ -20,7 +22,8 @@ torch.set_num_threads(1)
 if sys.argv[1] == "keep":
     keep_freed_memory()
 model, x = build_model("airnet", widths=[8, 8, 8]), torch.randn(1024, 3, 32, 32)
-model(x).sum().backward()
+for _ in range(2):
+    model(x).sum().backward()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(2):
     model(x).sum().backward()
@@ -38,4 +41,4 @@ def page_faults(mode):
 def test_training_steps_reuse_freed_memory_instead_of_faulting_it_in():
     default, kept = page_faults("default"), page_faults("keep")
     assert default > 100_000  # glibc unmaps every large buffer and the next step faults it in
-    assert kept < default / 10
+    assert kept < default / 20

@@ -177,6 +177,8 @@ class Runner:
         if self.lead is not None:
             self.lead.call_followers()
         returncode = self.watch()
+        if returncode == 0 and self.lead is not None and self.failure is None:
+            self.failure = self.lead.settle()
         self.copy_output()
         return self.conclude(returncode)
 

@@ -173,6 +173,21 @@ class Lead:
                 return f"{jobs.WORKER_LOST}: {where} sent no heartbeat for {silent_s:.0f} s"
         return None
 
+    def settle(self):
+        """Node 0's trainer exited 0: wait for the other nodes to record their end before the job
+        is called over, so a succeeded job never shows a node still running (their trainers leave
+        the same collective, so this takes about one poll period of the followers: the CI run that
+        did not wait saw node 1 unfinished after "succeeded"). None, or why the job fails: a node
+        stopped with an error, or went silent for JOB_LOST_S. A node still running after JOB_LOST_S
+        does not hold the job: node 0's model is whole, and the job's end stops that node's trainer."""
+        deadline = time.monotonic() + self.lost_s
+        while True:
+            rows = self.nodes_rows()
+            failure = self.follower_failure(rows, time.time())
+            if failure or all(r["finished"] is not None for r in rows[1:]) or time.monotonic() > deadline:
+                return failure
+            time.sleep(jobrunner.POLL_S)
+
     def close(self, returncode):
         """The job is over: node 0's row says how it ended; entries nobody took leave the queue."""
         self.runner.conn.execute("UPDATE job_nodes SET finished = :at, returncode = :code "
