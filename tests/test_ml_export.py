@@ -34,13 +34,24 @@ def with_card(folder, **changes):
     return folder
 
 
+def plain_confidence(folder, images) -> np.ndarray:
+    """Calibrated top probability of the plain view (no TTA), what the adaptive policy reads."""
+    predictor = Predictor(folder, "cpu")
+    predictor.tta = 0
+    return predictor.probabilities(list(images))[0].amax(1).numpy()
+
+
 @pytest.fixture(scope="module")
 def served_like_the_site(tmp_path_factory):
-    """A tiny model with what the shipped one has: full TTA, a temperature, an energy threshold."""
+    """A tiny model with what the shipped one has: TTA level 2 served by the adaptive policy, a
+    temperature, an energy threshold, prediction sets. The policy's threshold is the median plain
+    confidence of random_photos(16), so half of them get the extra views and half do not."""
     folder = make_model_dir(tmp_path_factory.mktemp("export") / "tta2")
-    return with_card(folder, tta=2, temperature=TEMPERATURE,
-                     novelty={"method": "energy", "energy_temperature": ENERGY_T, "threshold": -2.3026,
-                              "keep_share": 0.95}, conformal=CONFORMAL)
+    with_card(folder, tta=2, temperature=TEMPERATURE,
+              novelty={"method": "energy", "energy_temperature": ENERGY_T, "threshold": -2.3026,
+                       "keep_share": 0.95}, conformal=CONFORMAL)
+    confident_at = float(np.median(plain_confidence(folder, random_photos(16))))
+    return with_card(folder, serving={"tta": {"level": 2, "confident_at": confident_at}})
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +80,9 @@ def test_cli_export_and_check_parity_on_the_validation_split(fmt, served_like_th
           "--data", str(tiny_dataset), "--val-size", "40"])
     parity = json.loads(card_path(out).read_text())["parity"]
     assert parity["images"] == 40
-    assert parity["top1_agreement"] >= PARITY_MIN
+    assert parity["top1_agreement"] >= PARITY_MIN and parity["answer_agreement"] >= PARITY_MIN
     assert parity["max_probability_difference"] < 1e-4
+    assert "extra views below" in parity["reference"]  # measured against the website's adaptive policy
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
@@ -86,6 +98,25 @@ def test_every_output_matches_the_predictor_at_any_batch_size(fmt, exports, serv
         # the card's energy temperature, applied in the graph as by the Predictor
         expected = -ENERGY_T * torch.logsumexp(torch.from_numpy(logits).double() / ENERGY_T, 1)
         np.testing.assert_allclose(novelty, expected.numpy(), atol=1e-4)
+
+
+def test_the_graph_answers_with_the_websites_adaptive_policy(exports, served_like_the_site, tmp_path):
+    """Confident photos get the plain view's logits, the others every view combined, as served; an
+    export of every view for every photo (--tta 2) differs on the confident ones."""
+    images = random_photos(16)
+    confident_at = read_card(served_like_the_site)["serving"]["tta"]["confident_at"]
+    confident = plain_confidence(served_like_the_site, images) >= confident_at
+    assert confident.any() and not confident.all()
+    adaptive = run_exported(exports["onnx"], "onnx", images)[1]
+    plain = run_exported(export_model(served_like_the_site, "onnx", tmp_path / "plain.onnx", tta=0), "onnx", images)[1]
+    every_view = run_exported(export_model(served_like_the_site, "onnx", tmp_path / "all.onnx", tta=2), "onnx",
+                              images)[1]
+    np.testing.assert_allclose(adaptive[confident], plain[confident], atol=1e-5)
+    np.testing.assert_allclose(adaptive[~confident], every_view[~confident], atol=1e-5)
+    assert np.abs(adaptive[confident] - every_view[confident]).max() > 1e-4
+    card = json.loads(card_path(exports["onnx"]).read_text())
+    assert card["tta"]["adaptive"]["confident_at"] == confident_at
+    assert "adaptive" not in json.loads(card_path(tmp_path / "all.onnx").read_text())["tta"]
 
 
 def test_the_card_is_next_to_the_file_and_embedded_in_it(exports):

@@ -78,7 +78,7 @@ def export_model(model_dir, fmt: str, out=None, tta=None) -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose from {sorted(FORMATS)}")
     module, card_model = build_exported(model_dir, tta)
-    card = export_card(card_model, fmt, module.tta)
+    card = export_card(card_model, fmt, module.tta, module.confident_at)
     out = Path(out) if out else default_out(card_model.card, fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, mode=0o644) as tmp:
@@ -94,14 +94,16 @@ def onnx_session(path, threads: int = None) -> onnxruntime.InferenceSession:
 
 
 def exported_runner(path, fmt: str):
-    """A function: uint8 (N, H, W, 3) array -> probabilities (N, classes), running the exported file."""
+    """A function: uint8 (N, H, W, 3) array -> (probabilities (N, classes), novelty (N,)) as numpy
+    arrays, running the exported file."""
     if fmt == "onnx":
         session = onnx_session(path)
-        return lambda images: session.run(["probabilities"], {INPUT_NAME: images})[0]
+        return lambda images: tuple(session.run(["probabilities", "novelty"], {INPUT_NAME: images}))
     module = load_torchscript(path)
 
     def run(images):
         with torch.inference_mode():
-            return module(torch.from_numpy(images))[0].numpy()
+            probabilities, _, novelty = module(torch.from_numpy(images))
+        return probabilities.numpy(), novelty.numpy()
     return run
 

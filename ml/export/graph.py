@@ -16,7 +16,7 @@ from ml.nets.conformal import set_rule
 from ml.data.batches import normalize
 from ml.data.images import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
 from ml.nets.cardmodel import CardModel
-from ml.nets.models import tta_outputs
+from ml.nets.models import tta_outputs_every_view
 from ml.nets.novelty import KNN_K, kth_neighbour_distance, novelty_scores
 
 EXPORT_CARD_FORMAT = 1
@@ -27,9 +27,9 @@ OUTPUT_NAMES = ("probabilities", "logits", "novelty")
 class ExportedClassifier(nn.Module):
     """What the exported graph computes, from the decoder's output on (see the module docstring)."""
 
-    def __init__(self, card_model: CardModel, tta: int):
+    def __init__(self, card_model: CardModel, tta: int, confident_at: float = None):
         super().__init__()
-        self.model, self.tta = card_model.model, tta
+        self.model, self.tta, self.confident_at = card_model.model, tta, confident_at
         self.norm, self.temperature = card_model.norm, card_model.temperature
         self.novelty_method, self.energy_temperature = card_model.novelty_method, card_model.energy_temperature
         bank = card_model.novelty_bank
@@ -37,7 +37,7 @@ class ExportedClassifier(nn.Module):
 
     def forward(self, image):
         x = normalize(image.permute(0, 3, 1, 2), *self.norm)
-        logits, features = tta_outputs(self.model, x, self.tta)
+        logits, features = tta_outputs_every_view(self.model, x, self.tta, self.confident_at, self.temperature)
         logits = logits / self.temperature
         if self.novelty_method == "knn":
             novelty = kth_neighbour_distance(features, self.bank)
@@ -46,8 +46,9 @@ class ExportedClassifier(nn.Module):
         return logits.softmax(1), logits, novelty
 
 
-def tta_spec(level: int) -> dict:
-    """The views of ml.nets.models.tta_outputs at `level` and how their logits are combined."""
+def tta_spec(level: int, confident_at: float = None) -> dict:
+    """The views of ml.nets.models.tta_outputs at `level`, how their logits are combined and, with
+    `confident_at`, the adaptive policy that picks the plain view's logits for confident photos."""
     views = ["plain: the 32x32 input"]
     combine = "the plain view's logits"
     if level >= 1:
@@ -59,8 +60,14 @@ def tta_spec(level: int) -> dict:
                   "down-right mirrored"]
         combine = ("0.5 * mean(plain, mirror) + 0.25 * mean(up-left, up-left mirrored) "
                    "+ 0.25 * mean(down-right, down-right mirrored)")
-    return {"level": level, "in_graph": True, "views": views,
+    spec = {"level": level, "in_graph": True, "views": views,
             "combine": f"{combine}, on the normalised input, before the temperature"}
+    if level >= 1 and confident_at is not None:
+        spec["adaptive"] = {"confident_at": confident_at,
+                            "rule": f"the plain view's logits alone when max(softmax(plain logits / temperature)) "
+                                    f">= {confident_at:g}, else the combination; in the graph every view is "
+                                    "computed and the rule picks per photo, as the website answers"}
+    return spec
 
 
 def preprocessing_spec(size: int) -> dict:
@@ -99,7 +106,7 @@ def website_policy(card_model: CardModel) -> dict:
                           for device, gate in gates.items()}}
 
 
-def export_card(card_model: CardModel, fmt: str, tta: int) -> dict:
+def export_card(card_model: CardModel, fmt: str, tta: int, confident_at: float = None) -> dict:
     """The export card: the model, its input and outputs, what a client does before the graph, and
     what the graph does, from the model's card."""
     card, size, (mean, std) = card_model.card, card_model.input_size, card_model.norm
@@ -124,7 +131,8 @@ def export_card(card_model: CardModel, fmt: str, tta: int) -> dict:
                      "divide by the temperature", "softmax", "novelty"],
         "normalization": {"mean": mean, "std": std,
                           "formula": "(pixel - 255 * mean[c]) / (255 * std[c]), pixel in 0..255"},
-        "tta": dict(tta_spec(tta), website_level=card_model.tta, website_policy=website_policy(card_model)),
+        "tta": dict(tta_spec(tta, confident_at), website_level=card_model.tta,
+                    website_policy=website_policy(card_model)),
         "temperature": card_model.temperature,
         "novelty": {"method": method, "score": scores[method], "threshold": card_model.novelty_threshold,
                     "rule": "recognised when novelty <= threshold (always, without a threshold); "
@@ -146,10 +154,11 @@ def conformal_spec(spec):
 
 def build_exported(model_dir, tta=None):
     """(ExportedClassifier in eval mode, the model's CardModel) for a model folder; `tta` None: the
-    card's level."""
+    website's policy (the card's serving TTA level and adaptive threshold), else every view of
+    level `tta` for every photo."""
     card_model = CardModel.load(model_dir)
-    level = card_model.tta if tta is None else tta
-    return ExportedClassifier(card_model, level).eval(), card_model
+    level, confident_at = card_model.serving_tta if tta is None else (tta, None)
+    return ExportedClassifier(card_model, level, confident_at).eval(), card_model
 
 
 def example_input(size: int) -> torch.Tensor:

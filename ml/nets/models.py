@@ -88,11 +88,33 @@ def tta_outputs(model, x: torch.Tensor, level: int, confident_at: float = None, 
         return plain, features
     if confident_at is None:
         return combine_views([plain, *extra_views(model, x, level)], level), features
-    unsure = (plain.float() / temperature).softmax(1).amax(1) < confident_at
+    unsure = needs_extra_views(plain, confident_at, temperature)
     logits = plain.clone()
     if unsure.any():
         logits[unsure] = combine_views([plain[unsure], *extra_views(model, x[unsure], level)], level).to(plain.dtype)
     return logits, features
+
+
+def needs_extra_views(plain: torch.Tensor, confident_at: float, temperature: float) -> torch.Tensor:
+    """The rows the adaptive policy gives the extra views: calibrated top probability of the plain
+    view (logits / `temperature`) below `confident_at`."""
+    return (plain.float() / temperature).softmax(1).amax(1) < confident_at
+
+
+def tta_outputs_every_view(model, x: torch.Tensor, level: int, confident_at: float = None,
+                           temperature: float = 1.0):
+    """`tta_outputs` without a branch on the data, for exported graphs (a trace keeps one path):
+    every view runs for every photo and the adaptive policy then picks, per row, the combined or
+    the plain logits. Same answers as the server's policy, at full TTA's cost. An export that ran
+    every view and always combined them disagreed with the site on 7 of 475 photos."""
+    features = model.penultimate(x)
+    plain = model.classify(features)
+    if level == 0:
+        return plain, features
+    combined = combine_views([plain, *extra_views(model, x, level)], level)
+    if confident_at is None:
+        return combined, features
+    return torch.where(needs_extra_views(plain, confident_at, temperature)[:, None], combined, plain), features
 
 
 def tta_logits(model, x: torch.Tensor, level: int) -> torch.Tensor:
