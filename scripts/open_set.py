@@ -1,6 +1,7 @@
 """Open-set protocol for the "none of these" score: train on 8 classes, treat the other 2 as unknown.
 
     python -m scripts.open_set [--epochs 8] [--out runs/open-set] [--shipped-card models/default]
+    python -m scripts.open_set --out runs/open-set-logitnorm --train-flags "--logit-norm 0.04"
 
 For each class split, `python -m ml.train --classes ...` trains the `fast` recipe on the 8 known
 classes, with the shipped `best` preset's photo augmentations, outlier exposure and label smoothing (the novelty
@@ -12,6 +13,7 @@ unknowns. Prints AUROC per method and the share of unknowns refused at the thres
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -26,14 +28,14 @@ SHIPPED_KEYS = [*NO_ROBUSTNESS_TRAINING, "label_smoothing"]  # what the shipped 
 SHIPPED_FLAGS = [flag for key in SHIPPED_KEYS for flag in (f"--{key.replace('_', '-')}", str(PRESETS["best"][key]))]
 
 
-def run_split(held_out, out: Path, epochs: int, data: str) -> dict:
+def run_split(held_out, out: Path, epochs: int, data: str, train_flags=()) -> dict:
     folder = out / "-".join(held_out)
     known = [c for c in CIFAR10_CLASSES if c not in held_out]
     if not (folder / "card.json").is_file():
         with open(folder.with_suffix(".log"), "w") as log:
             subprocess.run([sys.executable, "-m", "ml.train", "--preset", "fast", "--epochs", str(epochs),
                             "--data", data, "--out", str(folder), "--no-suite", *SHIPPED_FLAGS,
-                            "--classes", *known],
+                            *train_flags, "--classes", *known],
                            check=True, stdout=log, stderr=subprocess.STDOUT)
     report = folder.with_suffix(".novelty.json")  # kept, so a rerun measures only what is missing
     if not report.is_file():
@@ -53,12 +55,14 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=8, help="epochs of the fast recipe (its own: 8)")
     parser.add_argument("--data", default="data", help="dataset root")
     parser.add_argument("--out", default="runs/open-set", help="folder for the 8-class models")
+    parser.add_argument("--train-flags", default="", help="more ml.train flags for every split (an experiment: "
+                        "use its own --out)")
     parser.add_argument("--shipped-card", default=None,
                         help="model folder whose card gets the summary under novelty.open_set")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = [run_split(h, out, args.epochs, args.data) for h in HELD_OUT]
+    results = [run_split(h, out, args.epochs, args.data, shlex.split(args.train_flags)) for h in HELD_OUT]
     methods = list(results[0]["auroc"])
     print("| held out | 8-class accuracy | " + " | ".join(f"AUROC {m}" for m in methods)
           + " | unknowns refused | known recognised |")

@@ -20,7 +20,7 @@ from ml.train.presets import PRESETS
 from ml.nets.models import build_model
 from ml.train.checkpoint import TrainState
 from ml.train.cli import EXIT_STOPPED, build_parser, resolve_config
-from ml.train.loop import RunSettings, jensen_shannon, train, train_step
+from ml.train.loop import RunSettings, jensen_shannon, logit_normalised, train, train_step
 
 SMALL = ["--val-size", "40", "--threads", "1"]
 
@@ -82,6 +82,35 @@ def test_the_consistency_loss_adds_its_weighted_divergence_to_the_step_loss():
     with_twins, config = step_loss("--consistency", "12", "--consistency-share", "0.5")
     assert (config["consistency"], config["consistency_share"]) == (12.0, 0.5)
     assert 0 < (with_twins - plain) / 12 <= 0.6932
+
+
+def test_logit_norm_scores_every_row_at_norm_one_over_tau_whatever_the_logits_scale():
+    logits = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
+    scored = logit_normalised(logits, 0.04)
+    assert torch.allclose(scored.norm(dim=1), torch.full((6,), 25.0), atol=1e-4)
+    assert torch.allclose(logit_normalised(logits * 50, 0.04), scored, atol=1e-4)  # growing the logits gains nothing
+    assert torch.equal(scored.argmax(1), logits.argmax(1))
+    assert logit_normalised(logits, 0.0) is logits
+
+
+def test_a_training_step_with_logit_norm_takes_its_loss_on_the_normalised_logits():
+    """With --logit-norm the step's cross-entropy is the one of the normalised logits it returns."""
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(20) % 10
+    config = resolve_config(build_parser().parse_args(["--preset", "fast", "--precision", "fp32", "--logit-norm",
+                                                       "0.04", "--translate", "0", "--flip", "false"]))
+    torch.manual_seed(0)
+    model = build_model("airnet", num_classes=10, widths=[8, 16, 16]).eval()
+    state = TrainState(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.amp.GradScaler("cpu", enabled=False),
+                       None)
+    logits, loss = train_step(model, state, (images, labels), config, torch.Generator().manual_seed(2), None)
+    assert config["logit_norm"] == 0.04
+    smoothing = config["label_smoothing"]
+    expected = torch.nn.functional.cross_entropy(logit_normalised(logits.detach(), 0.04), labels,
+                                                 label_smoothing=smoothing)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    plain = torch.nn.functional.cross_entropy(logits.detach(), labels, label_smoothing=smoothing)
+    assert loss.item() != pytest.approx(plain.item(), rel=1e-3)
 
 
 def test_training_clock_pauses_for_validation(tmp_path, tiny_dataset, monkeypatch):

@@ -92,9 +92,10 @@ def train_step(model, state: TrainState, batch, config: dict, generator, amp_dty
     with autocast(images.device, amp_dtype):
         out = model(x).float()
         logits = out[:n]
-        loss = F.cross_entropy(logits, labels, label_smoothing=config["label_smoothing"])
+        scored = logit_normalised(out, config.get("logit_norm", 0.0))
+        loss = F.cross_entropy(scored[:n], labels, label_smoothing=config["label_smoothing"])
         if outliers:
-            loss = loss - config["outlier_weight"] * F.log_softmax(out[n:n + outliers], 1).mean()
+            loss = loss - config["outlier_weight"] * F.log_softmax(scored[n:n + outliers], 1).mean()
         if twins:
             loss = loss + config["consistency"] * jensen_shannon(logits[:twins], out[n + outliers:])
     state.optimizer.zero_grad(set_to_none=True)
@@ -102,6 +103,15 @@ def train_step(model, state: TrainState, batch, config: dict, generator, amp_dty
     state.scaler.step(state.optimizer)
     state.scaler.update()
     return logits, loss
+
+
+def logit_normalised(logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """LogitNorm (Wei et al., ICML 2022): the losses see each row of logits scaled to norm 1/tau,
+    so training cannot lower them by growing the logits' norm, which makes every input, known or
+    not, look confident; tau 0 leaves the logits as they are."""
+    if not tau:
+        return logits
+    return logits / (tau * (logits.norm(dim=1, keepdim=True) + 1e-7))
 
 
 def jensen_shannon(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:

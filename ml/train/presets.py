@@ -27,8 +27,10 @@ Muon).
 # to be unsure of what is none of the classes. consistency weights a Jensen-Shannon loss (AugMix's;
 # the paper's weight is 12) between the first consistency_share x batch images and resampled twins
 # of them (upscaled, area-averaged back), so the answer does not flip when a client rescales.
+# logit_norm (LogitNorm's tau) trains on logits scaled to norm 1/tau (ml/train/loop.py).
 NO_ROBUSTNESS_TRAINING = dict(serving_aug=0.0, crop_aug=0.0, colour_aug=0.0, blur_aug=0.0, cutout_aug=0.0,
-                              outlier_share=0.0, outlier_weight=0.5, consistency=0.0, consistency_share=0.25)
+                              outlier_share=0.0, outlier_weight=0.5, consistency=0.0, consistency_share=0.25,
+                              logit_norm=0.0)
 PRESETS = {
     "seed": dict(  # the tutorial: SGD lr 0.001 momentum 0.9, batch size 5, 20 epochs, no augmentation
         arch="seednet", widths=None, epochs=20, batch_size=5, optimizer="sgd", lr=0.001, momentum=0.9,
@@ -90,6 +92,8 @@ HYPERPARAMETER_FLAGS = [
       for name, what in AUGMENTATIONS.items()),
     ("outlier-share", float, "synthetic outliers added per batch, as a share of the batch (outlier exposure)"),
     ("outlier-weight", float, "weight of the outliers' uniform-target loss"),
+    ("logit-norm", float, "LogitNorm's temperature tau: the losses see logits scaled to norm 1/tau (0 = off; "
+     "the paper's 0.04)"),
     ("consistency", float, "weight of the Jensen-Shannon loss between images and their resampled twins (0 = off)"),
     ("consistency-share", float, "share of each batch given a resampled twin for the consistency loss, 0..1"),
     ("tta", [0, 1, 2], "test-time augmentation for the final report and serving"),
