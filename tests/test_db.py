@@ -67,7 +67,7 @@ def test_an_instance_file_from_before_migrations_upgrades_in_place(tmp_path):
         old.execute("INSERT INTO jobs (status, params, spec, created) VALUES ('succeeded', '{}', '{}', 1.5)")
         old.execute("INSERT INTO feedback (hash, claimed, label, created) VALUES ('h', 'cat', 'cat', 2.5)")
     with db.database(db.sqlite_url(tmp_path)) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()["version_num"] == "0003"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()["version_num"] == "0004"
         job = conn.execute("SELECT * FROM jobs").fetchone()
         assert (job["status"], job["created"], job["host"], job["heartbeat"]) == ("succeeded", 1.5, None, None)
         assert conn.execute("SELECT label FROM feedback").fetchone()["label"] == "cat"
@@ -125,7 +125,7 @@ def insert_queued_job(url, barrier, outcomes):
 def test_postgres_gets_the_schema_and_refuses_a_second_job_not_over(postgres_url):
     with db.database(postgres_url) as conn:
         assert conn.dialect == "postgresql"
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()["version_num"] == "0003"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()["version_num"] == "0004"
         conn.execute("INSERT INTO jobs (status, params, spec, created) VALUES ('running', '{}', '{}', :at)",
                      {"at": 1_765_000_000.123456})
         assert conn.execute("SELECT created FROM jobs").fetchone()["created"] == 1_765_000_000.123456  # double

@@ -69,6 +69,9 @@ SETTINGS = (
     ("BATCH_WINDOW_MS", 30, float),
     ("BATCH_MAX_IMAGES", 32, int),         # images per forward pass, at most
     ("EXPLAIN_STEPS", 16, int),            # integration steps of /api/v1/explain (time grows with them)
+    # live traffic (docs/operations.md): each worker adds its counts into the database this often,
+    # in seconds, and when it exits; the dashboard lags by at most this much
+    ("TRAFFIC_FLUSH_S", 10.0, float),
 )
 
 

@@ -256,3 +256,46 @@ def reliability_diagram(bins, chart: Chart) -> Markup:
             "line across each bar, and the diagonal where accuracy equals confidence; bars below their "
             "line mean over-confidence.")
     return _svg(chart, (left + size + 24, top + size + bottom), desc, body)
+
+
+def histogram(edges, series, chart: Chart, marker=None) -> Markup:
+    """Vertical bars side by side per bin, one colour per series; `series` is a list of (label,
+    shares aligned with the bins). The bins are drawn equally wide, labelled by their edges; the
+    first and last are open-ended ("below", "and above"). `marker`, a score (the threshold), is
+    drawn as a dashed line where it falls."""
+    left, right, top, bottom, plot_w, plot_h = 56, 16, 36, 56, 480, 200
+    bins = len(edges) - 1
+    values = _finite(v for _, shares in series for v in shares)
+    ticks = nice_ticks(0, max(values, default=1) or 1)
+    bin_w = plot_w / bins
+    bar_w = (bin_w - 2) / max(len(series), 1)
+
+    def py(v):
+        return top + plot_h - v / (ticks[-1] or 1) * plot_h
+
+    def px(score):
+        """Where a score falls, linearly inside its bin."""
+        i = min(max(sum(1 for e in edges[1:-1] if e <= score), 0), bins - 1)
+        inside = (score - edges[i]) / ((edges[i + 1] - edges[i]) or 1)
+        return left + (i + min(max(inside, 0.0), 1.0)) * bin_w
+
+    body = _axes(Plot(left, top, plot_w, plot_h), [(py(t), f"{t:.0%}") for t in ticks],
+                 [(left + i * bin_w, f"{e:g}") for i, e in enumerate(edges) if i % max(1, bins // 5) == 0], chart)
+    for s, (label, shares) in enumerate(series):
+        colour = PALETTE[s % len(PALETTE)]
+        for i, value in enumerate(shares):
+            low = "below" if i == 0 else f"{edges[i]:g}"
+            high = "and above" if i == bins - 1 else f"to {edges[i + 1]:g}"
+            x = left + i * bin_w + 1 + s * bar_w
+            body.append(f'<g class="bar"><title>{escape(label)}, novelty {escape(low)} {escape(high)}: '
+                        f'{value:.1%}</title><rect x="{_f(x)}" y="{_f(py(value))}" width="{_f(bar_w)}" '
+                        f'height="{_f(top + plot_h - py(value))}" fill="{colour}"/></g>')
+    if marker is not None and _finite([marker]):
+        x = px(marker)
+        body.append(f'<line x1="{_f(x)}" y1="{top}" x2="{_f(x)}" y2="{_f(top + plot_h)}" stroke="{INK}" '
+                    f'stroke-width="1.5" stroke-dasharray="5 4"><title>Threshold {marker:g}</title></line>')
+    entries = [(label, PALETTE[i % len(PALETTE)], False) for i, (label, _) in enumerate(series)]
+    body.extend(_legend(left, 16, entries + ([("Threshold", INK, True)] if marker is not None else [])))
+    desc = (f"Share of photos in each of {bins} novelty-score bins for " + ", ".join(str(label) for label, _ in series)
+            + "; the first and last bins are open-ended.")
+    return _svg(chart, (left + plot_w + right, top + plot_h + bottom), desc, body)

@@ -1,18 +1,22 @@
 """The accuracy dashboard (`/dashboard`): evaluation, training history, calibration, misclassified
-images, dataset overview and model card of the active model or any stored version.
+images, dataset overview and model card of the active model or any stored version, and what users
+sent it (live traffic, with the drift banner; also as JSON at `/api/v1/traffic`).
 
-Everything comes from the model folder's card.json and gallery/*.png; weights are never loaded
-here. Parts a card lacks (or holds in a shape we cannot read) are shown as "not recorded".
+Everything but live traffic comes from the model folder's card.json and gallery/*.png; weights are
+never loaded here. Parts a card lacks (or holds in a shape we cannot read) are shown as "not
+recorded". Live traffic comes from the shared database (webapp/lifecycle/traffic.py).
 """
 
 import logging
 from pathlib import Path
 
-from flask import Blueprint, abort, current_app, render_template, request, send_file
+from flask import Blueprint, abort, current_app, jsonify, render_template, request, send_file
+from sqlalchemy.exc import SQLAlchemyError
 
 from ml.nets.modelfile import ModelFileError, read_card
 from webapp.core.formatting import finite, pct
 from webapp.core.site import current_site
+from webapp.dashboard import traffic
 from webapp.dashboard.sections import ModelVersion, dashboard_view, gallery_file
 from webapp.lifecycle import versions
 
@@ -62,15 +66,46 @@ def gallery(version, name):
     return response
 
 
+def live_traffic(model: ModelVersion, card: dict) -> dict:
+    """The version's live traffic (webapp.dashboard.traffic), read from the shared database."""
+    return traffic.live_traffic(current_site(), model.id, card, current_app.config.get("NOVELTY_THRESHOLD"))
+
+
+def traffic_view(model: ModelVersion, card: dict):
+    """The Live traffic section: the figures and their charts; None when the database cannot be read."""
+    try:
+        live = live_traffic(model, card)
+    except SQLAlchemyError as error:
+        log.warning("dashboard: live traffic unreadable (%s)", error.__class__.__name__)
+        return None
+    override = current_app.config.get("NOVELTY_THRESHOLD")
+    threshold = override if override is not None else (card.get("novelty") or {}).get("threshold")
+    return {**live, "classes_chart": traffic.classes_chart(live),
+            "novelty_chart": traffic.novelty_chart(live, traffic.DRIFT_WINDOW, threshold)}
+
+
 @bp.get("/dashboard")
 def index():
     models = available_models()
     model = find_model(models, request.args.get("version"))
     try:
         # the card with what was measured on users' photos after the version was stored
-        view = dashboard_view(versions.store(current_site()).noted(model.id, read_card(model.path)), model)
+        card = versions.store(current_site()).noted(model.id, read_card(model.path))
+        view = dashboard_view(card, model)
     except ModelFileError as error:
         log.warning("dashboard: %s", error)
-        view = None
+        card, view = None, None
     return render_template("dashboard/index.html", models=models, model=model, view=view,
+                           traffic=traffic_view(model, card) if card is not None else None,
                            novelty_override=current_app.config.get("NOVELTY_THRESHOLD"))
+
+
+@bp.get("/api/v1/traffic")
+def traffic_api():
+    """The dashboard's live traffic as JSON, for the version asked for (the active one by default)."""
+    model = find_model(available_models(), request.args.get("version"))
+    try:
+        card = read_card(model.path)
+    except ModelFileError as error:
+        abort(404, description=f"The model card of version {model.id} cannot be read: {error}")
+    return jsonify(live_traffic(model, card))

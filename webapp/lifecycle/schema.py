@@ -85,3 +85,15 @@ active_model = sa.Table(
     sa.Column("generation", sa.Integer, nullable=False),
     sa.Column("changed", sa.Double, nullable=False),
 )
+
+# Live traffic (migration 0004; webapp/lifecycle/traffic.py): sums over the photos a model version
+# answered in a 10-minute bucket. `bucket` is the bucket's start in seconds since the epoch;
+# `measure` names what is summed: "photos", "answer:sure|unsure|none", "confidence_sum",
+# "label:<class>", "novelty:<edges key>:<bin>". Nothing else about a photo is stored.
+traffic = sa.Table(
+    "traffic", metadata,
+    sa.Column("bucket", sa.BigInteger, primary_key=True),
+    sa.Column("version", sa.Text, primary_key=True),
+    sa.Column("measure", sa.Text, primary_key=True),
+    sa.Column("amount", sa.Double, nullable=False),
+)

@@ -16,8 +16,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ml.data.images import ImageError, encode_image
 from webapp.core.errors import AppError
 from webapp.core.metrics import count_predictions
+from webapp.core.site import current_site
+from webapp.lifecycle import traffic
 from webapp.predict.batching import batcher
-from webapp.predict.serving import current_predictor
+from webapp.predict.serving import current_predictor, version_id_of
 
 RAW_BODY_NAME = "image"
 MAX_FILENAME = 200
@@ -113,4 +115,5 @@ def classify_request(fields=("image",), max_files: int | None = None):
 
     arrays, results = batcher(current_app).classify(predictor, receive)
     count_predictions(results)
+    traffic.recorder(current_site()).count(version_id_of(predictor), predictor.card, results)  # memory only
     return predictor, [(name, array, result) for (name, _), array, result in zip(files, arrays, results)]

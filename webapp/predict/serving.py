@@ -15,6 +15,7 @@ worker before the worker takes requests (`warm_up`, from post_worker_init).
 
 import threading
 import time
+import weakref
 
 import torch
 from flask import current_app
@@ -100,12 +101,21 @@ class ServedModel:
     def _load(self, version_id):
         predictor = Predictor(self.store.path(version_id), max_pixels=self.max_pixels,
                               novelty_threshold=self.novelty_threshold)
+        _version_ids[predictor] = version_id
         self.predictor, self.version_id = predictor, version_id  # one reference swap
         metrics.model_served(version_id, predictor)
 
 
 _lock = threading.Lock()
 _served = {}
+# Predictor -> its id in the model store: a request holds the Predictor it started with, and the
+# served version may be swapped before it ends, so the id is looked up from the Predictor itself
+_version_ids = weakref.WeakKeyDictionary()
+
+
+def version_id_of(predictor) -> str:
+    """The model store's id of the version a Predictor of this process was loaded from."""
+    return _version_ids.get(predictor, "unknown")
 
 
 def _novelty_threshold():
