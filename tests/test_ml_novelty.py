@@ -12,8 +12,8 @@ from ml.data.batches import normalize
 from ml.data.sources import Dataset, Split
 from ml.nets.modelfile import CARD_FILE, NOVELTY_FILE, ModelFileError, load_model_dir, load_novelty_bank, novelty_file
 from ml.nets.models import build_model, tta_logits, tta_outputs
-from ml.nets.novelty import (auroc, energy_temperature, fit_threshold, knn_distance, normalise, novelty_scores,
-                             training_bank)
+from ml.nets.novelty import (auroc, bin_counts, energy_temperature, fit_threshold, knn_distance, normalise,
+                             novelty_scores, score_histogram, training_bank)
 
 
 def brute_force_auroc(known, unknown) -> float:
@@ -48,6 +48,19 @@ def test_fitted_threshold_keeps_the_stated_share_recognised(n, keep_share):
     at_least = math.ceil(keep_share * n - 1e-9)
     assert at_least <= recognised <= at_least + 1
     assert threshold in scores.tolist()  # one of the scores: no image sits just above it by interpolation
+
+
+def test_the_validation_histogram_has_the_threshold_in_the_middle_and_counts_every_score():
+    scores = torch.randn(5000, generator=torch.Generator().manual_seed(0)) - 10
+    threshold = fit_threshold(scores, 0.95)
+    histogram = score_histogram(scores, threshold)
+    edges, counts = histogram["edges"], histogram["counts"]
+    assert len(edges) == len(counts) + 1 and edges == sorted(edges)
+    assert edges[len(counts) // 2] == pytest.approx(threshold, abs=1e-5)
+    assert sum(counts) == histogram["images"] == 5000  # open-ended ends: nothing falls outside
+    refused = sum(counts[len(counts) // 2:])
+    assert refused == pytest.approx(250, abs=15)  # about 5% above the threshold (bins are left-closed)
+    assert bin_counts(torch.tensor([-1e9, edges[1], 1e9]), edges).tolist() == [1, 1] + [0] * (len(counts) - 3) + [1]
 
 
 def test_knn_distance_is_zero_for_a_bank_member_and_grows_away_from_it():

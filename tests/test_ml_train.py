@@ -306,6 +306,8 @@ def test_calibrate_cli_refits_on_the_training_runs_own_validation_split(tmp_path
     assert rewritten["evaluation"]["images"] == 60
     assert rewritten["temperature"] == pytest.approx(card["temperature"], rel=1e-4)
     assert rewritten["evaluation"]["accuracy"] == pytest.approx(card["evaluation"]["accuracy"])
+    histogram = rewritten["novelty"]["validation_histogram"]  # what the dashboard sets live traffic beside
+    assert sum(histogram["counts"]) == histogram["images"] == 60 and len(histogram["edges"]) == 25
 
 
 def test_calibrate_refits_the_novelty_threshold_at_the_energy_temperature_asked(tmp_path, tiny_dataset):

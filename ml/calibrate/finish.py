@@ -29,7 +29,7 @@ from ml.nets.cardmodel import CardModel
 from ml.nets.device import pick_amp_dtype
 from ml.nets.modelfile import CARD_FILE, gallery_files, novelty_file, write_model_dir
 from ml.nets.novelty import (BANK_SIZE, DEFAULT_KEEP_SHARE, DEFAULT_METHOD, ENERGY_TEMPERATURE, KNN_K,
-                             fit_threshold, novelty_scores, training_bank)
+                             fit_threshold, novelty_scores, score_histogram, training_bank)
 
 PACKAGE_PHOTOS = "package-photos"  # under the data folder, made by scripts/export_package_photos.py
 
@@ -105,8 +105,10 @@ def fit_novelty(card_model: CardModel, dataset: Dataset, calibration: Calibratio
     bank = training_bank(card_model.raw_outputs(dataset.train.images[sample], tta=0)[1])
     method = settings.novelty_method
     scores = novelty_scores(method, calibration.logits, calibration.features, bank, settings.energy_temperature)
-    spec = {"method": method, "threshold": fit_threshold(scores, settings.keep_share),
-            "keep_share": settings.keep_share, "fitted_on": f"{len(calibration.logits)} {dataset.val_name} images"}
+    threshold = fit_threshold(scores, settings.keep_share)
+    spec = {"method": method, "threshold": threshold, "keep_share": settings.keep_share,
+            "fitted_on": f"{len(calibration.logits)} {dataset.val_name} images",
+            "validation_histogram": score_histogram(scores, threshold)}
     if method == "energy":
         spec["energy_temperature"] = settings.energy_temperature
     if method == "knn":

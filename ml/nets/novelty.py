@@ -66,6 +66,29 @@ def novelty_scores(method: str, logits: torch.Tensor, features: torch.Tensor = N
     raise ValueError(f"unknown novelty method {method!r}; choose from {METHODS}")
 
 
+HISTOGRAM_BINS = 24
+
+
+def score_histogram(scores: torch.Tensor, threshold: float, bins: int = HISTOGRAM_BINS) -> dict:
+    """The validation split's novelty scores binned, for comparing live traffic with them (the
+    dashboard bins served scores at the same edges): `bins` equal bins from the scores' 0.5th
+    percentile to as far past the threshold as that is below it, so the threshold is the middle
+    edge and the upper half holds what is refused; the first and last bins are open-ended."""
+    scores = scores.double()
+    low = float(torch.quantile(scores, 0.005))
+    high = threshold + (threshold - low) if threshold > low else low + 1.0
+    edges = torch.linspace(low, high, bins + 1, dtype=torch.float64)
+    return {"edges": [round(float(e), 6) for e in edges], "counts": bin_counts(scores, edges).tolist(),
+            "images": len(scores)}
+
+
+def bin_counts(scores: torch.Tensor, edges) -> torch.Tensor:
+    """Counts of `scores` in the bins between `edges`, the first and last bins open-ended."""
+    edges = torch.as_tensor(edges, dtype=torch.float64)
+    index = torch.bucketize(scores.double(), edges[1:-1], right=True)
+    return torch.bincount(index, minlength=len(edges) - 1)
+
+
 def fit_threshold(scores: torch.Tensor, keep_share: float = DEFAULT_KEEP_SHARE) -> float:
     """The novelty at or under which at least `keep_share` of these (in-distribution) scores fall:
     the score at that quantile itself ("higher"), as the linear interpolation between two scores
