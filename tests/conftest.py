@@ -3,13 +3,16 @@ the Flask app and client, a real gunicorn server, and Debian's Chromium for Play
 
 import io
 import os
+import uuid
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 import torch
 from PIL import Image
 
 from scripts.serve_tools import Server
+from webapp.lifecycle import db
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
@@ -219,6 +222,22 @@ def _session_server(kind):
 def postgres_server():
     """PostgreSQL on 127.0.0.1 (scripts.cluster.servers.Postgres): `.url` for SQLAlchemy."""
     yield from _session_server("postgres")
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A database of its own on the session's PostgreSQL server, dropped after the test."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(postgres_server.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    url = postgres_server.url.rsplit("/", 1)[0] + "/" + name
+    yield url
+    for key in [k for k in db._engines if k[1] == url]:
+        db._engines.pop(key).dispose()
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ import multiprocessing
 import sqlite3
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -95,22 +94,6 @@ def test_a_write_transaction_is_rolled_back_on_error(tmp_path):
 
 
 # ---- the same guarantees on PostgreSQL (a real server, scripts/cluster/servers.py) ----
-
-@pytest.fixture
-def postgres_url(postgres_server):
-    """A database of its own on the session's PostgreSQL server, dropped after the test."""
-    name = f"t{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(postgres_server.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    url = postgres_server.url.rsplit("/", 1)[0] + "/" + name
-    yield url
-    for key in [k for k in db._engines if k[1] == url]:
-        db._engines.pop(key).dispose()
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
-
 
 def insert_queued_job(url, barrier, outcomes):
     barrier.wait()

@@ -17,7 +17,7 @@ from ml.train.presets import PRESETS
 from openapi_support import OPENAPI, SPEC, conforms
 from webapp import create_app
 from webapp.core.errors import JSON_PATHS, JSON_PREFIXES
-from webapp.lifecycle import jobs
+from webapp.lifecycle import jobs, traffic
 from webapp.lifecycle.site import Site
 from webapp.predict.serving import warm_up
 
@@ -79,6 +79,7 @@ def check_public_api(call, app):
     call("GET", "/ping", 200)
     call("GET", "/api/v1/model", 200)
     call("GET", "/api/openapi.json", 200)
+    assert call("GET", "/api/v1/traffic?version=shipped", 200)["windows"]["week"]["photos"] == 0
     call("GET", "/metrics", 200)
     call("POST", "/api/v1/predict", 200, **photo_form())
     call("POST", "/api/v1/predict", 400, data=b"", content_type="image/jpeg")
@@ -91,6 +92,9 @@ def check_public_api(call, app):
     call("POST", f"/predictions/{model['name']}", 200, **photo_form("data"))
     call("PUT", f"/predictions/{model['name']}", 200, data=image_bytes(), content_type="image/jpeg")
     call("POST", "/predictions/no-such-model", 404, **photo_form("data"))
+    traffic.flush_all()  # what this process counted, as a worker writes it every TRAFFIC_FLUSH_S
+    assert call("GET", "/api/v1/traffic", 200)["windows"]["hour"]["photos"] > 0
+    call("GET", "/api/v1/traffic?version=nope", 404)
 
 
 def check_admin_api(call):
