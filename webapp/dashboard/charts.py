@@ -280,7 +280,7 @@ def histogram(edges, series, chart: Chart, marker=None) -> Markup:
         return left + (i + min(max(inside, 0.0), 1.0)) * bin_w
 
     body = _axes(Plot(left, top, plot_w, plot_h), [(py(t), f"{t:.0%}") for t in ticks],
-                 [(left + i * bin_w, f"{e:g}") for i, e in enumerate(edges) if i % max(1, bins // 5) == 0], chart)
+                 [(left + i * bin_w, f"{e:.3g}") for i, e in enumerate(edges) if i % max(1, bins // 5) == 0], chart)
     for s, (label, shares) in enumerate(series):
         colour = PALETTE[s % len(PALETTE)]
         for i, value in enumerate(shares):
