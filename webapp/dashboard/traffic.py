@@ -145,12 +145,12 @@ def novelty_chart(view: dict, window: str, threshold):
     live = view["windows"][window]["novelty_shares"]
     if live is None:
         return None
-    novelty = view["novelty"]
-    series = [(view["windows"][window]["title"], live)]
+    novelty, title = view["novelty"], view["windows"][window]["title"]
+    series = [(title, live)]
     if novelty["validation"]:
         series.insert(0, ("Validation", novelty["validation"]))
     return charts.histogram(novelty["edges"], series, Chart(
-        "chart-traffic-novelty", f"Novelty scores: {view['windows'][window]['title'].lower()} beside validation",
+        "chart-traffic-novelty", f"Novelty scores: {' beside '.join(label.lower() for label, _ in series[::-1])}",
         "Novelty score (higher: less like the training images)", "Share of photos"), marker=threshold)
 
 
