@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
+import torch
 from alembic import command
 from alembic.config import Config
 
 from conftest import REFUSE_EVERYTHING, image_bytes, start_server
+from ml.nets.novelty import bin_counts
 from scripts.serve_tools import multipart, request
 from webapp import create_app
 from webapp.dashboard import traffic as dashboard_traffic
@@ -202,6 +204,15 @@ def test_novelty_scores_are_binned_with_the_cards_validation_edges(tmp_path):
     assert view["novelty"]["edges"] == HISTOGRAM["edges"]
     assert view["novelty"]["validation"] == [0.1, 0.6, 0.3]
     assert view["windows"]["hour"]["novelty_counts"] == [3, 1, 3]
+
+
+def test_live_scores_fall_in_the_bins_the_trainer_counted_validation_scores_in():
+    """The same convention as ml.nets.novelty.bin_counts (which made the card's histogram): a score
+    on an inner edge belongs to the bin above it; beyond the ends, to the end bins."""
+    edges = [-12.0, -10.5, -9.0, -7.5, -6.0]
+    scores = [-20.0, -12.0, -10.5, -10.0, -9.0, -7.5000001, -7.5, -6.0, 3.0]
+    expected = bin_counts(torch.tensor(scores, dtype=torch.float64), edges).tolist()
+    assert [sum(traffic.novelty_bin(edges, s) == i for s in scores) for i in range(4)] == expected
 
 
 def test_a_card_without_a_validation_histogram_bins_with_fixed_edges(client):

@@ -33,6 +33,7 @@ from webapp.lifecycle import db
 
 log = logging.getLogger(__name__)
 
+DEFAULT_FLUSH_S = 10.0          # TRAFFIC_FLUSH_S unset (a Site without the web app's settings)
 BUCKET_S = 600                  # a bucket's length: a window ("last hour") is rounded out to whole buckets
 KEEP_S = 35 * 86_400            # older buckets are deleted (the dashboard reads a week at most)
 PRUNE_EVERY_S = 3_600           # how often a process deletes them
@@ -131,8 +132,8 @@ class Recorder:
             time.sleep(self.flush_s)
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001 - the thread must outlive any error; flush logged it
-                pass
+            except Exception:  # noqa: BLE001 - the thread must outlive any error (a failed write is handled in flush)
+                log.exception("live traffic: flushing failed")
 
     def flush(self) -> bool:
         """Add the pending counts into the database in one transaction; False (counts kept for the
@@ -185,7 +186,7 @@ def recorder(site) -> Recorder:
     url = site.database_url
     with _recorders_lock:
         if url not in _recorders:
-            _recorders[url] = Recorder(url, float(site.settings.get("TRAFFIC_FLUSH_S") or 10))
+            _recorders[url] = Recorder(url, float(site.settings.get("TRAFFIC_FLUSH_S") or DEFAULT_FLUSH_S))
         return _recorders[url]
 
 
