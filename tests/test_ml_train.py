@@ -14,7 +14,7 @@ from conftest import PROJECT_ROOT
 from ml.calibrate import cli as calibrate
 from ml.nets.cardmodel import CardModel
 from ml.nets.modelfile import load_model_dir
-from ml.nets.novelty import DEFAULT_METHOD, ENERGY_TEMPERATURE, fit_threshold, novelty_scores
+from ml.nets.novelty import DEFAULT_KEEP_SHARE, DEFAULT_METHOD, ENERGY_TEMPERATURE, fit_threshold, novelty_scores
 from ml.train.distributed import StopFlag
 from ml.train.presets import PRESETS
 from ml.nets.models import build_model
@@ -299,6 +299,8 @@ def test_calibrate_cli_refits_on_the_training_runs_own_validation_split(tmp_path
                         "--epochs", "2", "--batch-size", "40", "--precision", "fp32", "--val-size", "60")
     card_path = tmp_path / "model" / "card.json"
     stale = dict(json.loads(card_path.read_text()), temperature=1.0)
+    open_set = {"splits": [], "mean_auroc": {"energy": 0.85}}  # scripts/open_set's, from models of its own
+    stale["novelty"] = dict(stale["novelty"], open_set=open_set)
     card_path.write_text(json.dumps(stale))
     calibrate.main(["--model", str(tmp_path / "model"), "--data", str(tiny_dataset)])
     _, rewritten = load_model_dir(tmp_path / "model")  # weights digest still verifies
@@ -306,6 +308,7 @@ def test_calibrate_cli_refits_on_the_training_runs_own_validation_split(tmp_path
     assert rewritten["evaluation"]["images"] == 60
     assert rewritten["temperature"] == pytest.approx(card["temperature"], rel=1e-4)
     assert rewritten["evaluation"]["accuracy"] == pytest.approx(card["evaluation"]["accuracy"])
+    assert rewritten["novelty"]["open_set"] == open_set  # a refit keeps what it did not measure
     histogram = rewritten["novelty"]["validation_histogram"]  # what the dashboard sets live traffic beside
     assert sum(histogram["counts"]) == histogram["images"] == 60 and len(histogram["edges"]) == 25
 
@@ -323,7 +326,7 @@ def test_calibrate_refits_the_novelty_threshold_at_the_energy_temperature_asked(
     dataset = card_model.dataset(str(tiny_dataset))
     logits = card_model.raw_outputs(dataset.val.images)[0]
     scores = novelty_scores("energy", logits / card["temperature"], temperature=2.5)
-    assert novelty["threshold"] == pytest.approx(fit_threshold(scores, 0.95), abs=1e-4)
+    assert novelty["threshold"] == pytest.approx(fit_threshold(scores, DEFAULT_KEEP_SHARE), abs=1e-4)
 
 
 def small_suite(monkeypatch):
@@ -354,7 +357,7 @@ def test_training_ends_with_novelty_and_robustness_in_the_card(
     assert all(r["train_loss"] == r["train_loss"] for r in records if r["type"] == "epoch")  # not NaN
     _, loaded = load_model_dir(tmp_path / "model")
     novelty = loaded["novelty"]
-    assert novelty["method"] == DEFAULT_METHOD and novelty["keep_share"] == 0.95
+    assert novelty["method"] == DEFAULT_METHOD and novelty["keep_share"] == DEFAULT_KEEP_SHARE
     assert novelty["energy_temperature"] == ENERGY_TEMPERATURE
     assert isinstance(novelty["threshold"], float)
     # the energy score needs no training-feature bank, so none is stored (knn's is, see test_ml_novelty)

@@ -158,6 +158,9 @@ def finish(out_dir, card_model: CardModel, dataset: Dataset, calibration: Calibr
     weights the dashboard's gallery and (knn) the novelty bank. Returns the card."""
     card_model = card_model.with_card(temperature=calibration.temperature, evaluation=calibration.report)
     novelty, bank = fit_novelty(card_model, dataset, calibration, settings)
+    open_set = (card_model.card.get("novelty") or {}).get("open_set")
+    if open_set:  # scripts/open_set's figures: its own 8-class models, which a refit does not touch
+        novelty["open_set"] = open_set
     files = {}
     if settings.novelty_method == "knn":
         files, novelty["bank_sha256"] = novelty_file(bank)
