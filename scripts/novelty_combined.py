@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
+from ml.calibrate.finish import training_feature_bank
 from ml.evaluate.farout import far_out_sets
 from ml.nets.cardmodel import CardModel
-from ml.nets.novelty import BANK_SIZE, auroc, novelty_scores, training_bank
+from ml.nets.novelty import auroc, novelty_scores
 
 
 def scores(card_model: CardModel, bank: torch.Tensor, images: torch.Tensor) -> dict:
@@ -33,8 +34,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     card_model = CardModel.load(args.model)
     dataset = card_model.dataset(args.data)
-    sample = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:BANK_SIZE]
-    bank = training_bank(card_model.raw_outputs(dataset.train.images[sample], tta=0)[1])
+    bank = training_feature_bank(card_model, dataset)
     known = scores(card_model, bank, dataset.val.images)
     centre = {m: (s.mean(), s.std()) for m, s in known.items()}
 

@@ -1,11 +1,12 @@
 """Helpers shared by the admin tests: a tiny image-folder dataset, an admin app, waiting for jobs."""
 
 import re
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from scripts import serve_tools
 
 PASSWORD = "correct horse battery staple"
 TOKEN = "test-token-0123456789abcdef"
@@ -54,10 +55,5 @@ def training(job):
 
 
 def wait_for(check, timeout=60, interval=0.2, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """scripts.serve_tools.wait_for with the tests' argument order and defaults."""
+    return serve_tools.wait_for(check, timeout, what, interval)

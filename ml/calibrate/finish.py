@@ -97,12 +97,17 @@ def calibrate(card_model: CardModel, dataset: Dataset, shifted=True) -> Calibrat
     return Calibration(temperature, report, logits / temperature, features)
 
 
+def training_feature_bank(card_model: CardModel, dataset: Dataset) -> torch.Tensor:
+    """KNN's bank: the normalised plain-view features of BANK_SIZE training images, a fixed sample."""
+    sample = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:BANK_SIZE]
+    return training_bank(card_model.raw_outputs(dataset.train.images[sample], tta=0)[1])
+
+
 def fit_novelty(card_model: CardModel, dataset: Dataset, calibration: Calibration, settings: FinishSettings):
     """(card section, training-feature bank): the novelty method (energy at the settings'
     temperature), its bank of normalised training features and the threshold that `keep_share`
     of the validation images stay under."""
-    sample = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))[:BANK_SIZE]
-    bank = training_bank(card_model.raw_outputs(dataset.train.images[sample], tta=0)[1])
+    bank = training_feature_bank(card_model, dataset)
     method = settings.novelty_method
     scores = novelty_scores(method, calibration.logits, calibration.features, bank, settings.energy_temperature)
     threshold = fit_threshold(scores, settings.keep_share)

@@ -82,12 +82,10 @@ def tta_outputs(model, x: torch.Tensor, level: int, confident_at: float = None, 
     probability (plain logits / `temperature`) is below `confident_at` get the extra views, so a
     confident photo costs one pass instead of six. The features (what the novelty score reads)
     come from the plain view, the pass every level makes anyway."""
+    if level == 0 or confident_at is None:
+        return tta_outputs_every_view(model, x, level)
     features = model.penultimate(x)
     plain = model.classify(features)
-    if level == 0:
-        return plain, features
-    if confident_at is None:
-        return combine_views([plain, *extra_views(model, x, level)], level), features
     unsure = needs_extra_views(plain, confident_at, temperature)
     logits = plain.clone()
     if unsure.any():

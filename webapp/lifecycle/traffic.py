@@ -116,9 +116,17 @@ class Recorder:
         self.failing = False               # the last write failed (logged once, until one succeeds)
         self.pruned_at = 0.0
         self.thread = None
+        self.edges_of = (None, None)       # (the card last counted for, its Edges): not rehashed per request
+
+    def edges(self, card: dict) -> Edges:
+        cached_card, edges = self.edges_of
+        if cached_card is not card:  # a served card is never mutated; a hot swap brings a new one
+            edges = novelty_edges(card)
+            self.edges_of = (card, edges)
+        return edges
 
     def count(self, version: str, card: dict, results, now=None) -> None:
-        sums = measures(results, novelty_edges(card))
+        sums = measures(results, self.edges(card))
         bucket = bucket_of(time.time() if now is None else now)
         with self.lock:
             for measure, amount in sums.items():
