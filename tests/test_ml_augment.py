@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 import ml.data.augment
-from ml.data.augment import (BANK_COPIES, blur_and_noise, build_client_bank, cached_client_bank, client_mix,
-                        client_round_trip, colour_jitter, cutout, photo_augment, random_resized_crop, resampled,
-                        training_inputs)
+from ml.data.augment import (BANK_COPIES, PIXMIX_SOURCES, blur_and_noise, build_client_bank, cached_client_bank,
+                        client_mix, client_round_trip, colour_jitter, cutout, mixing_pictures, photo_augment, pixmix,
+                        random_resized_crop, resampled, training_inputs)
+from ml.data.outliers import procedural_set
 from ml.train.presets import PRESETS
 from ml.data.sources import Split
 from ml.data.images import decode_image
@@ -120,6 +121,69 @@ def test_photo_augment_keeps_shape_and_0_255_range_and_is_reproducible():
     assert first.min() >= 0 and first.max() <= 255
     assert torch.equal(first, again)
     assert not torch.equal(first, images.float())
+
+
+@pytest.fixture
+def few_mixing_pictures(monkeypatch):
+    """8 pictures per source instead of 256, so the bank is drawn in a fraction of a second."""
+    monkeypatch.setattr(ml.data.augment, "PIXMIX_PICTURES", 8)
+    mixing_pictures.cache_clear()
+    yield
+    mixing_pictures.cache_clear()
+
+
+def test_pixmix_keeps_shape_and_range_is_reproducible_and_leaves_unchosen_images_alone(few_mixing_pictures):
+    x = textured(400)
+    first = pixmix(x, 0.5, torch.Generator().manual_seed(1))
+    assert first.shape == x.shape and first.dtype == x.dtype
+    assert first.min() >= 0 and first.max() <= 1
+    assert torch.equal(first, pixmix(x, 0.5, torch.Generator().manual_seed(1)))
+    assert not torch.equal(first, pixmix(x, 0.5, torch.Generator().manual_seed(2)))
+    assert torch.equal(pixmix(x, 0.0, torch.Generator().manual_seed(1)), x)
+    # 0..4 rounds each, so a chosen image is left as it is a fifth of the time
+    for share in (0.5, 1.0):
+        fraction = changed(pixmix(x, share, torch.Generator().manual_seed(3)), x).float().mean().item()
+        assert abs(fraction - share * 4 / 5) < 0.08, (share, fraction)
+
+
+def test_pixmix_weights_follow_the_papers_two_beta_draws():
+    a, b = ml.data.augment._pixmix_weights(40_000, torch.Generator().manual_seed(0))
+    a, b = a.flatten(), b.flatten()
+    blend = b > 0  # (Beta(3, 1), Beta(1, 3)) half the time, else (1 + Beta(1, 3), -Beta(1, 3))
+    assert abs(blend.float().mean().item() - 0.5) < 0.02
+    assert ((a[blend] > 0) & (a[blend] < 1)).all() and ((a[~blend] > 1) & (a[~blend] < 2)).all()
+    assert abs(a[blend].mean().item() - 0.75) < 0.01 and abs(b[blend].mean().item() - 0.25) < 0.01
+    assert abs(a[~blend].mean().item() - 1.25) < 0.01 and abs(b[~blend].mean().item() + 0.25) < 0.01
+
+
+def test_pixmix_mixes_in_the_procedural_pictures_not_the_far_out_sets_own(few_mixing_pictures):
+    pictures = mixing_pictures("cpu")
+    assert pictures.shape == (8 * len(PIXMIX_SOURCES), 3, 32, 32) and 0 <= pictures.min() <= pictures.max() <= 1
+    far_out = torch.cat([procedural_set(name, 8) for name in PIXMIX_SOURCES]).float() / 255  # what evaluation draws
+    assert not any(torch.equal(picture, image) for picture in pictures for image in far_out)
+
+
+def test_pixmix_partners_are_the_pictures_or_the_images_own_mirror(monkeypatch):
+    grey = torch.full((400, 3, 32, 32), 0.5)  # its own mirror, and grey whatever it is mixed with
+    red = torch.zeros(1, 3, 32, 32)
+    red[:, 0] = 1.0
+    monkeypatch.setattr(ml.data.augment, "mixing_pictures", lambda device: red)
+    out = pixmix(grey, 1.0, torch.Generator().manual_seed(5))
+    coloured = (out.amax(1) - out.amin(1)).flatten(1).amax(1) > 0.01
+    # a chosen image mixes with the picture in 1 - P(no round takes it) of cases: well over a third
+    assert 0.4 < coloured.float().mean() < 0.8
+    monkeypatch.setattr(ml.data.augment, "mixing_pictures", lambda device: grey[:1] * 0.4)
+    still_grey = pixmix(grey, 1.0, torch.Generator().manual_seed(5))
+    assert ((still_grey.amax(1) - still_grey.amin(1)) < 1e-6).all()
+
+
+def test_photo_augment_applies_pixmix_only_when_asked_and_old_configs_train_as_before(few_mixing_pictures):
+    images = uint8_images(64)
+    generator = torch.Generator().manual_seed(9)
+    assert photo_augment(images, shares(), generator) is images  # a card from before pixmix_aug
+    assert photo_augment(images, shares(pixmix_aug=0.0), generator) is images
+    mixed = photo_augment(images, shares(pixmix_aug=1.0), torch.Generator().manual_seed(9))
+    assert mixed.min() >= 0 and mixed.max() <= 255 and changed(mixed, images.float()).any()
 
 
 # ---- the serving path ----

@@ -21,16 +21,17 @@ Muon).
 # Photo augmentations (ml/data/augment.py), each the share of training images it changes: serving_aug
 # swaps an image for a round trip through a client's upload path, crop_aug takes a random-resized
 # crop, colour_aug jitters brightness, contrast and saturation (some go grey), blur_aug blurs and
-# adds sensor noise, cutout_aug blanks a square. Outlier exposure (Hendrycks et al., 2019) adds
-# outlier_share x batch synthetic outliers made from training images (ml/data/augment.py) whose target
-# is the uniform distribution, weighted by outlier_weight (the paper's 0.5), so the model learns
-# to be unsure of what is none of the classes. consistency weights a Jensen-Shannon loss (AugMix's;
+# adds sensor noise, cutout_aug blanks a square, pixmix_aug mixes in procedural pictures (PixMix).
+# Outlier exposure (Hendrycks et al., 2019) adds outlier_share x batch synthetic outliers made from
+# training images (ml/data/augment.py) whose target is the uniform distribution, weighted by
+# outlier_weight (the paper's 0.5), so the model learns to be unsure of what is none of the classes.
+# consistency weights a Jensen-Shannon loss (AugMix's;
 # the paper's weight is 12) between the first consistency_share x batch images and resampled twins
 # of them (upscaled, area-averaged back), so the answer does not flip when a client rescales.
 # logit_norm (LogitNorm's tau) trains on logits scaled to norm 1/tau (ml/train/loop.py).
 NO_ROBUSTNESS_TRAINING = dict(serving_aug=0.0, crop_aug=0.0, colour_aug=0.0, blur_aug=0.0, cutout_aug=0.0,
-                              outlier_share=0.0, outlier_weight=0.5, consistency=0.0, consistency_share=0.25,
-                              logit_norm=0.0)
+                              pixmix_aug=0.0, outlier_share=0.0, outlier_weight=0.5, consistency=0.0,
+                              consistency_share=0.25, logit_norm=0.0)
 PRESETS = {
     "seed": dict(  # the tutorial: SGD lr 0.001 momentum 0.9, batch size 5, 20 epochs, no augmentation
         arch="seednet", widths=None, epochs=20, batch_size=5, optimizer="sgd", lr=0.001, momentum=0.9,
@@ -69,7 +70,8 @@ def _boolean(text: str) -> bool:
 
 AUGMENTATIONS = {"serving": "swapped for a round trip through a client's upload path",
                  "crop": "given a random-resized crop", "colour": "colour- and contrast-jittered",
-                 "blur": "blurred and given sensor noise", "cutout": "given a blank square"}
+                 "blur": "blurred and given sensor noise", "cutout": "given a blank square",
+                 "pixmix": "mixed with procedural pictures (PixMix)"}
 # One flag per preset key, in --help order: (name, type, or choices, or (type, count); help).
 HYPERPARAMETER_FLAGS = [
     ("precision", ["auto", "fp32", "bf16", "fp16"], "autocast dtype; auto = bf16 where supported"),
