@@ -25,9 +25,9 @@ Muon).
 # Outlier exposure (Hendrycks et al., 2019) adds outlier_share x batch synthetic outliers made from
 # training images (ml/data/augment.py) whose target is the uniform distribution, weighted by
 # outlier_weight (the paper's 0.5), so the model learns to be unsure of what is none of the classes.
-# consistency weights a Jensen-Shannon loss (AugMix's;
-# the paper's weight is 12) between the first consistency_share x batch images and resampled twins
-# of them (upscaled, area-averaged back), so the answer does not flip when a client rescales.
+# consistency weights a Jensen-Shannon loss (AugMix's; the paper's weight is 12) between the first
+# consistency_share x batch images and resampled twins of them (upscaled, area-averaged back), so the
+# answer does not flip when a client rescales.
 # logit_norm (LogitNorm's tau) trains on logits scaled to norm 1/tau (ml/train/loop.py).
 NO_ROBUSTNESS_TRAINING = dict(serving_aug=0.0, crop_aug=0.0, colour_aug=0.0, blur_aug=0.0, cutout_aug=0.0,
                               pixmix_aug=0.0, outlier_share=0.0, outlier_weight=0.5, consistency=0.0,
