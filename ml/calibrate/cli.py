@@ -6,12 +6,16 @@ suite and rewrite the folder (ml/calibrate/finish.py, the step a training run en
 or, with --sets-only, fit just the conformal prediction sets and rewrite card.json alone:
 
     python -m ml.calibrate --model models/default --data data --sets-only --coverage 0.95
+
+or, with --threshold-only, refit just the novelty threshold of the card's score at --keep-share:
+
+    python -m ml.calibrate --model models/default --data data --threshold-only --keep-share 0.992
 """
 
 import argparse
 
 from ml.nets import conformal
-from ml.calibrate.finish import FinishSettings, calibrate, finish, refit_sets
+from ml.calibrate.finish import FinishSettings, calibrate, finish, refit_sets, refit_threshold
 from ml.nets.cardmodel import CardModel
 from ml.nets.device import pick_device
 from ml.nets.novelty import DEFAULT_KEEP_SHARE, DEFAULT_METHOD, ENERGY_TEMPERATURE, METHODS
@@ -45,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fit only the prediction sets at the card's temperature and rewrite card.json "
                              "alone (everything else in the card stays); with --suite, their coverage and "
                              "the refusals on the suite's variants and corruptions join the card too")
+    parser.add_argument("--threshold-only", action="store_true",
+                        help="refit only the novelty threshold of the card's own score at --keep-share and "
+                             "rewrite card.json alone, with the far-out sets' refusals (and, with --suite, "
+                             "the suite's) re-measured at it")
     return parser
 
 
@@ -61,6 +69,13 @@ def main(argv=None):
     settings = FinishSettings(args.data, suite=args.suite, novelty_method=args.novelty_method,
                               keep_share=args.keep_share, energy_temperature=args.energy_temperature,
                               coverage=args.coverage, conformal_method=args.conformal_method)
+    if args.sets_only and args.threshold_only:
+        raise SystemExit("--sets-only and --threshold-only each refit one thing; give one of them")
+    if args.threshold_only:
+        novelty = refit_threshold(args.model, card_model, dataset, settings)["novelty"]
+        print(f"{args.model}: novelty {novelty['method']} threshold {novelty['threshold']:.4f} keeps "
+              f"{novelty['keep_share']:.1%} of {novelty['fitted_on']}")
+        return
     if args.sets_only:
         print_sets(args.model, refit_sets(args.model, card_model, dataset, settings)["conformal"])
         return

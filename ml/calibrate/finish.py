@@ -135,14 +135,45 @@ def refit_sets(model_dir, card_model: CardModel, dataset: Dataset, settings: Fin
     `settings.suite`, the sets' coverage and the refusals on the suite's inputs join its robustness
     section. Returns the card."""
     card_model = fit_sets(card_model, card_model.outputs(dataset.val.images)[0], dataset, settings)
+    card = with_suite_sets(card_model, dataset, settings)
+    write_json_atomic(Path(model_dir) / CARD_FILE, card)
+    return card
+
+
+def refit_threshold(model_dir, card_model: CardModel, dataset: Dataset, settings: FinishSettings) -> dict:
+    """Refit only the novelty threshold of a finished model folder at `settings.keep_share`, for the
+    card's own score (method and energy temperature) at its temperature, and rewrite its card.json
+    alone; the far-out sets' shares refused are re-measured at the new threshold and, with
+    `settings.suite`, the suite's refusals too. Weights, temperature, prediction sets and every
+    other figure stay. Returns the card."""
+    spec = card_model.card["novelty"]
+    logits, features = card_model.outputs(dataset.val.images)
+    scores = card_model.novelty(logits, features)
+    threshold = fit_threshold(scores, settings.keep_share)
+    novelty = dict(spec, threshold=threshold, keep_share=settings.keep_share,
+                   fitted_on=f"{len(scores)} {dataset.val_name} images",
+                   validation_histogram=score_histogram(scores, threshold))
+    card_model = card_model.with_card(novelty=novelty)
+    if spec.get("far_out"):
+        photos = Path(settings.data_root) / PACKAGE_PHOTOS
+        far_out = novelty_report(card_model, dataset.val, far_out_sets(photos if photos.is_dir() else None),
+                                 pick_amp_dtype("auto", card_model.device))
+        card_model = card_model.with_card(novelty=dict(novelty, far_out=far_out))
+    card = with_suite_sets(card_model, dataset, settings)
+    write_json_atomic(Path(model_dir) / CARD_FILE, card)
+    return card
+
+
+def with_suite_sets(card_model: CardModel, dataset: Dataset, settings: FinishSettings) -> dict:
+    """The card, with `settings.suite` and a measured suite, with the prediction sets' coverage and
+    the shares recognised on the suite's inputs (at the card's threshold) in its robustness section."""
     card = card_model.card
     if settings.suite and card.get("robustness"):
         amp_dtype = pick_amp_dtype("auto", card_model.device)
         found = suite_sets(card_model, dataset.val, Path(settings.data_root) / ".cache", amp_dtype)
-        robustness = {key: dict(value, sets=found[key]) if key in found else value
-                      for key, value in card["robustness"].items()}
+        robustness = {key: dict(value, sets=found[key], recognised=found[key]["recognised"]) if key in found
+                      else value for key, value in card["robustness"].items()}
         card = dict(card, robustness=robustness)
-    write_json_atomic(Path(model_dir) / CARD_FILE, card)
     return card
 
 

@@ -107,11 +107,11 @@ def suite_sets(card_model, val: Split, cache_dir, amp_dtype=None, variant_images
     """The card's prediction sets and refusals on the suite's inputs, without its other figures
     (`python -m ml.calibrate --sets-only` adds them to a card measured before the sets existed):
     coverage, mean set size and the recognised share on every client variant, and on the
-    corruptions in all and per severity."""
+    corruptions in all and per severity (the recognised shares alone for a card without sets)."""
     suite = suite_inputs(val, cache_dir, variant_images, corruption_images)
     labels = suite.originals.labels
     logits, features = card_model.outputs(suite.variants.flatten(0, 1), amp_dtype)
-    variants = dict(sets_share(card_model, logits, labels.repeat(len(suite.variants))),
+    variants = dict(sets_share(card_model, logits, labels.repeat(len(suite.variants))) or {},
                     recognised=recognised_share(card_model, logits, features))
     outputs = {key: card_model.outputs(images, amp_dtype) for key, images in suite.corrupted.items()}
     per_severity = []
@@ -119,10 +119,10 @@ def suite_sets(card_model, val: Split, cache_dir, amp_dtype=None, variant_images
         keys = [key for key in outputs if key[1] == severity]
         logits = torch.cat([outputs[key][0] for key in keys])
         features = torch.cat([outputs[key][1] for key in keys])
-        per_severity.append(dict(sets_share(card_model, logits, labels_of(suite, len(keys))), severity=severity,
+        per_severity.append(dict(sets_share(card_model, logits, labels_of(suite, len(keys))) or {}, severity=severity,
                                  recognised=recognised_share(card_model, logits, features)))
     logits = torch.cat([o[0] for o in outputs.values()])
-    corruptions = dict(sets_share(card_model, logits, labels_of(suite, len(outputs))),
+    corruptions = dict(sets_share(card_model, logits, labels_of(suite, len(outputs))) or {},
                        recognised=recognised_share(card_model, logits, torch.cat([o[1] for o in outputs.values()])),
                        per_severity=per_severity)
     return {"variants": variants, "corruptions": corruptions}
