@@ -26,7 +26,7 @@ from ml.nets import conformal
 from ml.nets.novelty import auroc, fit_threshold
 from ml.predict.predictor import Predictor
 
-KEEP_SHARES = (0.95, 0.97, 0.98, 0.99, 0.995)
+KEEP_SHARES = (0.95, 0.97, 0.98, 0.99, 0.992, 0.995)
 CHUNK = 250  # images per Predictor call
 
 
@@ -91,10 +91,12 @@ def main(argv=None):
     parser.add_argument("--data", default="data")
     parser.add_argument("--package-photos", default=None, help="folder made by `make package-photos`")
     parser.add_argument("--out", default="runs/refusal-sweep.json", help="every figure, as JSON")
+    parser.add_argument("--keep", type=float, action="append", default=None, metavar="SHARE",
+                        help=f"a share of validation to keep recognised (repeatable; default {KEEP_SHARES})")
     args = parser.parse_args(argv)
     predictor = Predictor(args.model, "cpu")
     validation, groups = scored_sets(predictor, args.data, args.package_photos)
-    rows = sweep(validation, groups)
+    rows = sweep(validation, groups, args.keep or KEEP_SHARES)
     aurocs = {name: auroc(validation, scores) for name, scores in groups["far_out"].items()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -236,7 +236,7 @@ def test_shipped_model_knows_a_flat_colour_and_noise_are_none_of_these(real_data
     assert recognised(client, far_out) == [False] * len(far_out)
     files = [(p.name, p.read_bytes()) for p in validation_photos(real_data_dir, card)]
     answers = [a for start in range(0, len(files), 10) for a in recognised(client, files[start:start + 10])]
-    assert sum(answers) >= 0.85 * len(files), answers  # keep_share 0.99: about 1 in 100 may be refused
+    assert sum(answers) >= 0.85 * len(files), answers  # keep_share 0.992: about 1 in 125 may be refused
 
 
 # --- refusals --------------------------------------------------------------------------------
