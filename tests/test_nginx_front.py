@@ -18,4 +18,8 @@ def test_no_prediction_is_lost_while_hosts_reload_stop_restart_or_die():
     names = [row["phase"] for row in result["phases"]]
     assert names == ["steady", "HUP host A", "HUP host B", "TERM host B", "host B started again", "SIGKILL host A"]
     for row in result["phases"]:
-        assert row["requests"] > 20 and row["failures"] == 0, (row, result["nginx_errors"][-1500:])
+        # a string, not a tuple: pytest cuts a long repr in the middle, and the phase is what says why
+        assert row["requests"] > 20 and row["failures"] == 0, (
+            f"phase {row['phase']!r}: {row['failures']} of {row['requests']} failed {row['failure_samples'][:3]}; "
+            f"phases {[(r['phase'], r['requests'], r['failures']) for r in result['phases']]}; "
+            f"nginx error log: {result['nginx_errors'][-1500:]}")
