@@ -31,12 +31,10 @@ import torch
 
 from ml.evaluate.farout import far_out_sets
 from ml.nets.cardmodel import CardModel
-from ml.nets.novelty import auroc, knn_distance, normalise
+from ml.nets.novelty import KNN_K, auroc, knn_distance, normalise, novelty_scores, training_bank
 
 GEN_GAMMA = 0.1
 KNN_K_FULL = 50        # Sun et al.'s k for CIFAR-10's 50,000 training images
-KNN_K_BANK = 10        # the product's k for its 10,000-image bank (ml/nets/novelty.py)
-BANK_IMAGES = 10_000
 COMBINED = {"energy + knn": ("energy (served)", "knn k=50"),
             "energy + mahalanobis": ("energy (served)", "mahalanobis")}
 
@@ -47,8 +45,7 @@ class FeatureScores:
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, head_weight: torch.Tensor):
         features = features.double()
         self.bank = normalise(features).float()
-        sample = torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:BANK_IMAGES]
-        self.small_bank = self.bank[sample]
+        self.small_bank = training_bank(features)  # the product's bank: the same sample ml.calibrate stores
         classes = int(labels.max()) + 1
         self.means = torch.stack([features[labels == c].mean(0) for c in range(classes)])
         centred = features - self.means[labels]
@@ -71,7 +68,7 @@ class FeatureScores:
         mahalanobis = torch.einsum("ncd,de,nce->nc", difference, self.precision, difference).amin(1)
         logits = features @ self.head_weight.T
         return {"knn k=50": knn_distance(features.float(), self.bank, KNN_K_FULL),
-                "knn k=10, 10k bank": knn_distance(features.float(), self.small_bank, KNN_K_BANK),
+                "knn k=10, 10k bank": knn_distance(features.float(), self.small_bank, KNN_K),
                 "mahalanobis": mahalanobis.float(),
                 "vim": (self.vim_alpha * self.residual(features) - torch.logsumexp(logits, 1)).float()}
 
@@ -80,11 +77,10 @@ def logit_scores(card_model: CardModel, images: torch.Tensor, feature_scores: Fe
     served_logits, _ = card_model.outputs(images)
     raw_logits, features = card_model.raw_outputs(images, tta=0)
     logits = (raw_logits / card_model.temperature).float()
-    t = card_model.energy_temperature
     p = logits.softmax(1)
-    return {"energy (served)": -t * torch.logsumexp(served_logits.float() / t, 1),
-            "energy t=1": -torch.logsumexp(logits, 1),
-            "msp": -p.amax(1),
+    return {"energy (served)": card_model.novelty(served_logits, method="energy"),
+            "energy t=1": novelty_scores("energy", logits),
+            "msp": novelty_scores("msp", logits),
             "maxlogit": -logits.amax(1),
             "gen": (p ** GEN_GAMMA * (1 - p) ** GEN_GAMMA).sum(1),
             **feature_scores.scores(features)}

@@ -110,15 +110,20 @@ def fit_novelty(card_model: CardModel, dataset: Dataset, calibration: Calibratio
     bank = training_feature_bank(card_model, dataset)
     method = settings.novelty_method
     scores = novelty_scores(method, calibration.logits, calibration.features, bank, settings.energy_temperature)
-    threshold = fit_threshold(scores, settings.keep_share)
-    spec = {"method": method, "threshold": threshold, "keep_share": settings.keep_share,
-            "fitted_on": f"{len(calibration.logits)} {dataset.val_name} images",
-            "validation_histogram": score_histogram(scores, threshold)}
+    spec = {"method": method, **fitted_threshold(scores, settings.keep_share, dataset.val_name)}
     if method == "energy":
         spec["energy_temperature"] = settings.energy_temperature
     if method == "knn":
         spec.update(k=KNN_K, bank_images=len(bank))
     return spec, bank
+
+
+def fitted_threshold(scores: torch.Tensor, keep_share: float, val_name: str) -> dict:
+    """The novelty section's fitted fields: the threshold that `keep_share` of these validation
+    scores stay under, and the scores' histogram around it."""
+    threshold = fit_threshold(scores, keep_share)
+    return {"threshold": threshold, "keep_share": keep_share, "fitted_on": f"{len(scores)} {val_name} images",
+            "validation_histogram": score_histogram(scores, threshold)}
 
 
 def fit_sets(card_model: CardModel, logits: torch.Tensor, dataset: Dataset, settings: FinishSettings) -> CardModel:
@@ -147,17 +152,11 @@ def refit_threshold(model_dir, card_model: CardModel, dataset: Dataset, settings
     `settings.suite`, the suite's refusals too. Weights, temperature, prediction sets and every
     other figure stay. Returns the card."""
     spec = card_model.card["novelty"]
-    logits, features = card_model.outputs(dataset.val.images)
-    scores = card_model.novelty(logits, features)
-    threshold = fit_threshold(scores, settings.keep_share)
-    novelty = dict(spec, threshold=threshold, keep_share=settings.keep_share,
-                   fitted_on=f"{len(scores)} {dataset.val_name} images",
-                   validation_histogram=score_histogram(scores, threshold))
+    scores = card_model.novelty(*card_model.outputs(dataset.val.images))
+    novelty = dict(spec, **fitted_threshold(scores, settings.keep_share, dataset.val_name))
     card_model = card_model.with_card(novelty=novelty)
     if spec.get("far_out"):
-        photos = Path(settings.data_root) / PACKAGE_PHOTOS
-        far_out = novelty_report(card_model, dataset.val, far_out_sets(photos if photos.is_dir() else None),
-                                 pick_amp_dtype("auto", card_model.device))
+        far_out = far_out_figures(card_model, dataset.val, settings.data_root)
         card_model = card_model.with_card(novelty=dict(novelty, far_out=far_out))
     card = with_suite_sets(card_model, dataset, settings)
     write_json_atomic(Path(model_dir) / CARD_FILE, card)
@@ -180,11 +179,18 @@ def with_suite_sets(card_model: CardModel, dataset: Dataset, settings: FinishSet
 def measured(card_model: CardModel, val: Split, data_root) -> CardModel:
     """The card with the far-out sets' figures in its novelty section and the robustness suite's
     (bf16 where the hardware has it)."""
-    amp_dtype = pick_amp_dtype("auto", card_model.device)
-    photos = Path(data_root) / PACKAGE_PHOTOS
-    far_out = novelty_report(card_model, val, far_out_sets(photos if photos.is_dir() else None), amp_dtype)
-    robustness = robustness_report(card_model, val, Path(data_root) / ".cache", amp_dtype)
+    far_out = far_out_figures(card_model, val, data_root)
+    robustness = robustness_report(card_model, val, Path(data_root) / ".cache",
+                                   pick_amp_dtype("auto", card_model.device))
     return card_model.with_card(novelty=dict(card_model.card["novelty"], far_out=far_out), robustness=robustness)
+
+
+def far_out_figures(card_model: CardModel, val: Split, data_root) -> dict:
+    """AUROC and share refused of every far-out set (the package photos where `make package-photos`
+    put them), against the validation split, at the card's threshold."""
+    photos = Path(data_root) / PACKAGE_PHOTOS
+    return novelty_report(card_model, val, far_out_sets(photos if photos.is_dir() else None),
+                          pick_amp_dtype("auto", card_model.device))
 
 
 def finish(out_dir, card_model: CardModel, dataset: Dataset, calibration: Calibration,
